@@ -1,0 +1,218 @@
+"""The ``easyetcon`` command line. Core commands: ``plugins``, ``edit``, ``undo``, ``journal``;
+plugins add more through the ``easyetcon_register_commands`` hook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from easyetcon.errors import EasyEtconError
+from easyetcon.plugins import get_host
+
+console = Console()
+
+
+class _Group(click.Group):
+    """Turns easyetcon's own errors into one clear line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EasyEtconError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="easyetcon")
+def cli() -> None:
+    """Edit the knowledge of language models, then consolidate it."""
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--family", help="Only this family: external-memory, merging, intrinsic, consolidation.")
+@click.option("--subfamily", help="Only this subfamily, e.g. locate-then-edit.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
+    """List registered editors (the taxonomy) and the other things plugins registered."""
+    host = get_host()
+    registry = host.registry
+    editors = registry.editors(family=family, subfamily=subfamily)
+    if as_json:
+        payload = {
+            "editors": [
+                {
+                    "name": e.name, "family": e.family.value, "subfamily": e.subfamily,
+                    "distribution": e.distribution, "summary": e.summary,
+                    "options": e.config_model.model_json_schema().get("properties", {}),
+                }
+                for e in editors
+            ],
+            "datasets": [{"name": d.name, "distribution": d.distribution, "summary": d.summary} for d in registry.datasets()],
+            "metrics": _parts_json(registry, "metric"),
+            "rewards": _parts_json(registry, "reward"),
+            "adapters": _parts_json(registry, "adapter"),
+            "plugins": [{"name": n, "distribution": d} for n, d in host.plugins()],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title="easyetcon editors")
+    for column in ("name", "family", "subfamily", "distribution", "summary"):
+        table.add_column(column, overflow="fold")
+    for e in editors:
+        table.add_row(e.name, e.family.value, e.subfamily, e.distribution, e.summary)
+    console.print(table)
+    if not editors:
+        console.print("no editors match" if (family or subfamily) else registry.describe_known_editors())
+    if family is None and subfamily is None:
+        for kind, names in (
+            ("datasets", [d.name for d in registry.datasets()]),
+            ("metrics", [p.name for p in registry.parts("metric")]),
+            ("rewards", [p.name for p in registry.parts("reward")]),
+            ("model adapters", [p.name for p in registry.parts("adapter")]),
+        ):
+            console.print(f"[bold]{kind}:[/bold] {', '.join(names) or '(none)'}")
+
+
+def _parts_json(registry: Any, kind: str) -> list[dict[str, str]]:
+    return [{"name": p.name, "distribution": p.distribution, "summary": p.summary} for p in registry.parts(kind)]
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--model", "model_name", help="Model folder or hub id (overrides the spec's 'model').")
+@click.option("--chain", "chain_path", required=True, type=click.Path(dir_okay=False), help="Chain spec (YAML or JSON).")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Edit requests (JSON list or JSON lines).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edited model and journal (must not exist yet).")
+@click.option("--mode", type=click.Choice(["sequential", "batch"]), help="Overrides the spec's mode.")
+@click.option("--batch-size", type=int, help="Overrides the spec's batch_size.")
+@click.option("--dtype", help="Overrides the spec's dtype (float32, bfloat16, ...).")
+def edit(model_name, chain_path, data_path, out_dir, mode, batch_size, dtype) -> None:
+    """Apply a chain of editors to a model and save the edited model with its journal.
+
+    Writes OUT/model (save_pretrained) and OUT/journal. The input model is never changed.
+    """
+    from easyetcon.model import load_model
+    from easyetcon.requests import load_requests
+    from easyetcon.spec import load_chain_spec
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise click.UsageError(f"--out {out_dir!r} exists and is not empty; choose a new folder")
+    # Validate everything cheap before loading the model.
+    spec, chain = load_chain_spec(chain_path)
+    requests = load_requests(data_path)
+    model_source = model_name or spec.model
+    if not model_source:
+        raise click.UsageError("no model: pass --model or set 'model:' in the chain spec")
+    model = load_model(model_source, dtype=dtype or spec.dtype, device_map=spec.device_map)
+    console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
+
+    staging = Path(tempfile.mkdtemp(prefix=".easyetcon-edit-", dir=out.parent if out.parent.exists() else None))
+    try:
+        from easyetcon.journal import Journal
+
+        journal = Journal(staging / "journal", metadata={"model": model_source, "chain_spec": spec.model_dump(mode="json")})
+        result = chain.apply(
+            model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
+            journal=journal, progress=True,
+        )
+        model.save_pretrained(staging / "model")
+        out.mkdir(parents=True, exist_ok=True)
+        for child in staging.iterdir():
+            shutil.move(str(child), out / child.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
+    console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
+    console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--last", type=int, help="Undo only the newest N applied steps.")
+def undo(run_dir: str, last: int | None) -> None:
+    """Roll back the edits recorded in RUN_DIR's journal and save the restored model in place."""
+    from easyetcon.journal import Journal
+    from easyetcon.model import load_model
+
+    run = Path(run_dir)
+    journal = Journal.open(run / "journal")
+    if not journal.entries("applied"):
+        console.print("nothing to undo: every step of this journal is already undone")
+        return
+    model = load_model(run / "model")
+    staging = Path(tempfile.mkdtemp(prefix=".easyetcon-undo-", dir=run))
+    try:
+        # Undo in memory and save to a staging folder first, so a failure leaves RUN_DIR intact.
+        from easyetcon.records import EditRecord  # noqa: F401  (records load lazily per step)
+
+        applied = [e["position"] for e in journal.entries("applied")]
+        chosen = applied[::-1] if last is None else applied[::-1][:last]
+        for position in chosen:
+            journal.record(position).undo(model)
+        model.save_pretrained(staging / "model")
+        backup = run / ".model-before-undo"
+        (run / "model").rename(backup)
+        (staging / "model").rename(run / "model")
+        shutil.rmtree(backup)
+        journal.set_status(chosen, "undone")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    console.print(f"undid {len(chosen)} step(s); restored model saved to {run / 'model'}")
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.command(name="journal")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show_journal(run_dir: str, as_json: bool) -> None:
+    """Show the steps recorded in RUN_DIR's journal (RUN_DIR or RUN_DIR/journal)."""
+    from easyetcon.journal import Journal
+
+    folder = Path(run_dir)
+    journal = Journal.open(folder / "journal" if (folder / "journal").is_dir() else folder)
+    entries = journal.entries()
+    if as_json:
+        click.echo(json.dumps({"metadata": journal.metadata, "steps": entries}, indent=2))
+        return
+    table = Table(title=f"journal {journal.directory}")
+    for column in ("#", "step", "editor", "family", "requests", "seconds", "status"):
+        table.add_column(column)
+    for e in entries:
+        ids = e["request_ids"]
+        table.add_row(
+            str(e["position"]), e["step_name"], e["editor"], e["family"],
+            ", ".join(ids[:3]) + (" ..." if len(ids) > 3 else ""), f"{e['seconds']:.2f}", e["status"],
+        )
+    console.print(table)
+
+
+_commands_registered = False
+
+
+def main() -> None:
+    """Entry point of the ``easyetcon`` script."""
+    global _commands_registered
+    if not _commands_registered:
+        try:
+            get_host().register_commands(cli)
+        except EasyEtconError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        _commands_registered = True
+    cli()
+
+
+if __name__ == "__main__":
+    main()

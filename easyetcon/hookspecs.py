@@ -1,0 +1,230 @@
+"""The easyetcon hook specifications: the contract between the host and every plugin.
+
+A plugin is any module or object with functions marked ``@hookimpl`` whose names match the
+specs below. Built-in plugins (``plugins/easyetcon_*``) and third-party ones are found the same
+way: through the ``easyetcon`` entry-point group of an installed distribution::
+
+    [project.entry-points.easyetcon]
+    my_editor = "my_package.plugin"
+
+Hooks come in three groups:
+
+* **Registration** hooks run once when the host loads. Each receives a ``register`` callable;
+  the host, not the plugin, owns duplicate detection, validation and error messages, and records
+  which distribution every name came from.
+* **Chain lifecycle** hooks run around every step of an :class:`easyetcon.EditChain`.
+* **Command-line** hooks let a plugin add ``easyetcon`` sub-commands.
+
+Hookspecs are never changed incompatibly: a hook gains an argument by declaring it with a
+default, so older implementations keep working.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # imported for annotations only; keeps this module import-light
+    import click
+
+    from easyetcon.chain import StepContext
+    from easyetcon.records import EditRecord
+
+PROJECT = "easyetcon"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------------------------
+# Registration: the four families of editing methods (KnowEdit taxonomy + consolidation)
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def easyetcon_register_memory_editors(register: Any) -> None:
+    """Register editors of the **external-memory** family.
+
+    Called once when the plugin host loads. External-memory editors keep edits outside the
+    weights (a retrieval memory, a codebook at a layer) and decide at inference time whether a
+    query is in scope.
+
+    :param register: call ``register(name, editor_class, *, config, subfamily, summary)`` once
+        per editor. ``name`` is the unique editor name used in chains (``"retrieval-memory"``);
+        ``editor_class`` is constructed as ``editor_class(config_instance)`` and must satisfy
+        :class:`easyetcon.protocols.MemoryEditor`; ``config`` is a pydantic model class with
+        ``extra="forbid"`` holding every option; ``subfamily`` is a short label such as
+        ``"retrieval"`` or ``"codebook"``; ``summary`` is one line shown by
+        ``easyetcon plugins``. A name registered twice is an error naming both distributions.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
+def easyetcon_register_merging_editors(register: Any) -> None:
+    """Register editors of the **merging** family.
+
+    Called once when the plugin host loads. Merging editors train small adapters for the new
+    knowledge (e.g. LoRA) and merge them into the base weights (task arithmetic, TIES, DARE).
+
+    :param register: ``register(name, editor_class, *, config, subfamily, summary)`` as in
+        :func:`easyetcon_register_memory_editors`; ``editor_class`` must satisfy
+        :class:`easyetcon.protocols.WeightEditor`. Typical subfamily: ``"adapter-merge"``.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
+def easyetcon_register_intrinsic_editors(register: Any) -> None:
+    """Register editors of the **intrinsic-editing** family.
+
+    Called once when the plugin host loads. Intrinsic editors change the weights that store a
+    fact (FT-L, FT-M, ROME, MEMIT, AlphaEdit).
+
+    :param register: ``register(name, editor_class, *, config, subfamily, summary)`` as in
+        :func:`easyetcon_register_memory_editors`; ``editor_class`` must satisfy
+        :class:`easyetcon.protocols.WeightEditor`. Typical subfamilies: ``"fine-tuning"``,
+        ``"locate-then-edit"``.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
+def easyetcon_register_consolidators(register: Any) -> None:
+    """Register **consolidation** stages, which run after an edit so the model *uses* the new fact
+    when it generates freely (EtCon's TPSFT and GRPO).
+
+    Called once when the plugin host loads.
+
+    :param register: ``register(name, editor_class, *, config, subfamily, summary)`` as in
+        :func:`easyetcon_register_memory_editors`; ``editor_class`` must satisfy
+        :class:`easyetcon.protocols.WeightEditor`. Typical subfamilies: ``"proximal-SFT"``,
+        ``"RL"``.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Registration: what editors and evaluations are built from
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def easyetcon_register_datasets(register: Any) -> None:
+    """Register loaders of edit datasets (KnowEdit, CounterFact, ZsRE, the fact world, ...).
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(name, loader, *, config, summary, detect=None)``.
+        ``loader(config_instance)`` returns a list of :class:`easyetcon.EditRequest`;
+        ``config`` is a pydantic model class of the loader's options (a path, a split, a seed);
+        ``detect``, if given, is ``detect(records: list[dict]) -> bool`` and says whether raw
+        JSON records are in this loader's format, so formats can be recognised automatically.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
+def easyetcon_register_metrics(register: Any) -> None:
+    """Register evaluation metrics and judges.
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(name, metric, *, summary)``. ``metric`` is an object with
+        string attributes ``protocol`` and ``version`` (every score is stored with both, so
+        scores from different protocols are never mixed) and a method
+        ``score(model, prompts, answers) -> list[float]`` where ``model`` is an
+        :class:`easyetcon.EditableModel`, ``prompts`` a sequence of strings and ``answers`` a
+        sequence of sequences of acceptable answers (one sequence per prompt).
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
+def easyetcon_register_rewards(register: Any) -> None:
+    """Register reward functions for reinforcement-learning consolidation (GRPO).
+
+    Called once when the plugin host loads.
+
+    :param register: call ``register(name, reward, *, summary)``. ``reward`` is a callable
+        ``reward(completions, requests) -> list[float]`` taking the generated completions and,
+        for each, the :class:`easyetcon.EditRequest` it answers; it returns one score per
+        completion.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
+def easyetcon_register_model_adapters(register: Any) -> None:
+    """Register architecture adapters: where a model family keeps its blocks, MLP projections,
+    final norm, embeddings and LM head.
+
+    Called once when the plugin host loads. Adapters are matched to a model by its class (or a
+    structural predicate), never by substrings of its name.
+
+    :param register: call ``register(name, adapter, *, matches)``. ``adapter`` is an
+        :class:`easyetcon.adapters.ArchitectureAdapter`; ``matches`` is a tuple of
+        ``torch.nn.Module`` classes (the model is an instance of one of them) or a callable
+        ``matches(model) -> bool``.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Chain lifecycle
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def easyetcon_before_step(step: StepContext) -> str | None:
+    """Called before a chain step edits the model, for logging, timing or veto.
+
+    :param step: a :class:`easyetcon.chain.StepContext` with the step ``index``, the ``editor``
+        name, its ``family`` and validated ``config``, the ``requests`` of this step and the
+        ``model`` (an :class:`easyetcon.EditableModel`).
+    :returns: ``None`` to let the step run, or a string giving the reason to **veto** it. A veto
+        stops the chain, restores the model to its state before the chain and raises
+        :class:`easyetcon.errors.ChainStepError` quoting the reason.
+    """
+
+
+@hookspec
+def easyetcon_after_step(step: StepContext, record: EditRecord, seconds: float) -> None:
+    """Called after a chain step has edited the model successfully.
+
+    :param step: the :class:`easyetcon.chain.StepContext` of the step (as in
+        :func:`easyetcon_before_step`).
+    :param record: the :class:`easyetcon.records.EditRecord` that can undo the step.
+    :param seconds: wall-clock seconds the step took.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def easyetcon_step_error(step: StepContext, error: BaseException) -> None:
+    """Called when a chain step raised, before the model is restored.
+
+    :param step: the :class:`easyetcon.chain.StepContext` of the failed step.
+    :param error: the exception the editor (or a veto) raised.
+    :returns: nothing. Implementations must not raise; the error is re-raised by the chain as
+        :class:`easyetcon.errors.ChainStepError`.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def easyetcon_register_commands(cli: click.Group) -> None:
+    """Add sub-commands to the ``easyetcon`` command line.
+
+    Called once when the CLI starts, after the core commands (``plugins``, ``edit``, ``undo``)
+    exist, so a plugin's commands appear only when the plugin is installed.
+
+    :param cli: the root :class:`click.Group`; add commands with ``@cli.command()`` or
+        ``cli.add_command(...)``.
+    :returns: nothing.
+    """

@@ -1,0 +1,210 @@
+"""The model handle every editor receives: a Hugging Face causal LM, its tokenizer, its
+architecture adapter, and the external memories attached to it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from easyetcon.adapters import ArchitectureAdapter, resolve_adapter
+from easyetcon.errors import EasyEtconError, UnknownNameError
+
+PromptRewriter = Callable[[list[str]], list[str]]
+
+
+class EditableModel:
+    """A causal LM prepared for editing.
+
+    ``torch_model`` is the ``transformers`` model (edited in place), ``tokenizer`` its tokenizer,
+    ``adapter`` the :class:`~easyetcon.adapters.ArchitectureAdapter` found from its class or
+    structure. External-memory editors keep their :class:`~easyetcon.records.MemoryStore` in
+    ``memories`` and may register *prompt rewriters* (in-context editing) that :meth:`generate`
+    and the evaluators apply before the model sees a prompt.
+    """
+
+    def __init__(
+        self,
+        torch_model: nn.Module,
+        tokenizer: Any,
+        *,
+        adapter: ArchitectureAdapter | None = None,
+        registry: Any = None,
+        source: str | None = None,
+    ) -> None:
+        if adapter is None:
+            if registry is None:
+                from easyetcon.plugins import get_host
+
+                registry = get_host().registry
+            adapter = resolve_adapter(torch_model, registry)
+        self.torch_model = torch_model
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        self.source = source
+        self.memories: dict[str, Any] = {}
+        self.attached_memories: set[str] = set()
+        self._prompt_rewriters: dict[str, PromptRewriter] = {}
+        if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None):
+            tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token
+
+    # ---- weights ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.torch_model.parameters()).device
+
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter called ``name``; an error lists close names when it does not exist."""
+        try:
+            return self.torch_model.get_parameter(name)
+        except AttributeError:
+            import difflib
+
+            close = difflib.get_close_matches(name, [n for n, _ in self.torch_model.named_parameters()], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownNameError(f"{type(self.torch_model).__name__} has no parameter {name!r}{hint}") from None
+
+    def state_hash(self) -> str:
+        """SHA-256 over every parameter and buffer, in name order: equal hashes, equal weights."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.torch_model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # ---- external memory --------------------------------------------------------------------
+    def memory_store(self, key: str) -> Any:
+        """The :class:`~easyetcon.records.MemoryStore` called ``key``, created on first use."""
+        from easyetcon.records import MemoryStore
+
+        if key not in self.memories:
+            self.memories[key] = MemoryStore(key)
+        return self.memories[key]
+
+    def add_prompt_rewriter(self, key: str, rewriter: PromptRewriter) -> None:
+        """Install ``rewriter`` (a function from prompts to prompts) under ``key``, replacing any
+        earlier one with that key."""
+        self._prompt_rewriters[key] = rewriter
+
+    def remove_prompt_rewriter(self, key: str) -> None:
+        self._prompt_rewriters.pop(key, None)
+
+    def rewrite_prompts(self, prompts: Sequence[str]) -> list[str]:
+        """Apply the installed prompt rewriters in installation order."""
+        prompts = list(prompts)
+        for rewriter in self._prompt_rewriters.values():
+            prompts = rewriter(prompts)
+        return prompts
+
+    # ---- text in, text out ------------------------------------------------------------------
+    def encode_answer(self, answer: str) -> list[int]:
+        """Token ids of ``answer`` as it continues a prompt: with one leading space, no BOS."""
+        text = answer if answer.startswith(" ") else " " + answer
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 24,
+        stop: Sequence[str] = ("\n",),
+        batch_size: int = 32,
+        use_memory: bool = True,
+    ) -> list[str]:
+        """Greedy continuations of ``prompts`` (batched, left-padded), cut at the first ``stop``
+        string. External memories apply unless ``use_memory=False``."""
+        if use_memory:
+            prompts = self.rewrite_prompts(prompts)
+        model = self.torch_model
+        was_training = model.training
+        model.eval()
+        tokenizer = self.tokenizer
+        padding_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        outputs: list[str] = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start : start + batch_size])
+                batch = tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
+                generated = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new_tokens = generated[:, batch["input_ids"].shape[1] :]
+                for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                    for marker in stop:
+                        if marker and marker in text:
+                            text = text[: text.index(marker)]
+                    outputs.append(text)
+        finally:
+            tokenizer.padding_side = padding_side
+            model.train(was_training)
+        return outputs
+
+    @torch.no_grad()
+    def target_token_predictions(self, prompt: str, answer: str, *, use_memory: bool = True) -> tuple[list[int], list[int]]:
+        """Teacher forcing: the answer's token ids and the model's argmax at each of their positions."""
+        if use_memory:
+            prompt = self.rewrite_prompts([prompt])[0]
+        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        answer_ids = self.encode_answer(answer)
+        input_ids = torch.tensor([prompt_ids + answer_ids], device=self.device)
+        logits = self.torch_model(input_ids=input_ids).logits[0]
+        positions = range(len(prompt_ids) - 1, len(prompt_ids) + len(answer_ids) - 1)
+        predicted = [int(logits[p].argmax()) for p in positions]
+        return answer_ids, predicted
+
+    def predicts(self, prompt: str, answer: str, *, use_memory: bool = True) -> bool:
+        """Whether teacher-forced argmax reproduces every token of ``answer`` after ``prompt``."""
+        expected, predicted = self.target_token_predictions(prompt, answer, use_memory=use_memory)
+        return expected == predicted
+
+    # ---- saving ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Save weights (safetensors) and tokenizer with ``save_pretrained``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.torch_model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    registry: Any = None,
+    **from_pretrained_kwargs: Any,
+) -> EditableModel:
+    """Load any Hugging Face causal LM (local folder or hub id) and its tokenizer.
+
+    ``dtype`` (``"float32"``, ``"bfloat16"``, ... or a torch dtype) and ``device_map``
+    (``"auto"`` spreads a large model over the visible GPUs with accelerate) are passed through.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = str(name_or_path)
+    looks_local = Path(source).exists() or source.startswith((".", "/", "~"))
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise EasyEtconError(f"model folder {source!r} does not exist")
+    if isinstance(dtype, str):
+        if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise EasyEtconError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")
+        dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    kwargs = dict(from_pretrained_kwargs)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    path = str(Path(source).expanduser()) if looks_local else source
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return EditableModel(torch_model, tokenizer, registry=registry, source=source)

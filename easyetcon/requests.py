@@ -1,0 +1,175 @@
+"""Edit requests: the one input every editor, dataset loader and metric agrees on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from easyetcon.errors import RequestError
+
+
+class Probe(BaseModel):
+    """A prompt and the answer(s) that count as correct for it.
+
+    ``answer`` is the canonical answer; ``aliases`` are other strings that also count
+    (datasets such as ZsRE ship nested alias lists; metrics use them).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    kind: str | None = Field(
+        default=None, description="Free label, e.g. 'neighborhood', 'same-subject', 'two-hop'."
+    )
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The canonical answer followed by its aliases."""
+        return (self.answer, *self.aliases)
+
+
+class EditRequest(BaseModel):
+    """One fact to change: ``prompt`` should be completed by ``target_new`` instead of ``ground_truth``.
+
+    ``prompt`` is the text the model continues (``"The Eiffel Tower is located in"``), ``subject``
+    the entity inside it whose fact changes (``"The Eiffel Tower"``), ``target_new`` the new answer
+    (``"Rome"``; leading spaces are added by editors that need them, not stored here).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    target_new: str = Field(min_length=1)
+    ground_truth: str | None = None
+    target_aliases: tuple[str, ...] = ()
+    rephrase_prompts: list[str] = Field(default_factory=list)
+    locality: list[Probe] = Field(default_factory=list)
+    portability: list[Probe] = Field(default_factory=list)
+    relation: str | None = None
+    case_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("target_new", "subject", "prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("case_id", mode="before")
+    @classmethod
+    def _case_id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _new_differs_from_old(self) -> EditRequest:
+        if self.ground_truth is not None and self.ground_truth.strip() == self.target_new.strip():
+            raise ValueError("target_new equals ground_truth: there is nothing to edit")
+        return self
+
+    @property
+    def request_id(self) -> str:
+        """``case_id`` when given, else a short stable hash of prompt and target."""
+        if self.case_id is not None:
+            return self.case_id
+        import hashlib
+
+        digest = hashlib.sha1(f"{self.prompt}\x00{self.target_new}".encode()).hexdigest()
+        return digest[:12]
+
+    @property
+    def subject_in_prompt(self) -> bool:
+        return self.subject in self.prompt
+
+    def require_subject_in_prompt(self) -> None:
+        """Raise :class:`RequestError` naming this request if ``subject`` is not in ``prompt``.
+
+        Locate-then-edit editors call this: they need the subject's token positions.
+        """
+        if not self.subject_in_prompt:
+            raise RequestError(
+                f"request {self.request_id!r}: subject {self.subject!r} does not occur in prompt "
+                f"{self.prompt!r}; fix the record or use an editor that does not locate subjects"
+            )
+
+
+def _format_validation_error(prefix: str, error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(record)"
+        problems.append(f"{prefix}field {where!r}: {item['msg']}")
+    return problems
+
+
+def parse_requests(records: Iterable[Any], *, source: str = "requests") -> list[EditRequest]:
+    """Validate raw records (dicts) into :class:`EditRequest` objects.
+
+    Every malformed record is reported, each with its index and field, in one :class:`RequestError`.
+    """
+    requests: list[EditRequest] = []
+    problems: list[str] = []
+    for index, record in enumerate(records):
+        if isinstance(record, EditRequest):
+            requests.append(record)
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"record {index}: expected an object, got {type(record).__name__}")
+            continue
+        try:
+            requests.append(EditRequest.model_validate(record))
+        except ValidationError as error:
+            problems.extend(_format_validation_error(f"record {index}: ", error))
+    if problems:
+        shown = problems[:20]
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise RequestError(
+            f"{source}: {len(problems)} problem(s) in edit requests:\n"
+            + "\n".join(f"  - {p}" for p in shown)
+            + more
+        )
+    if not requests:
+        raise RequestError(f"{source}: no edit requests found")
+    return requests
+
+
+def load_requests(path: str | Path) -> list[EditRequest]:
+    """Read edit requests from a JSON list, a JSON object with a ``requests`` list, or JSON lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(f"request file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise RequestError(f"request file {str(path)!r} is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as json_error:
+        try:  # JSON lines
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise RequestError(
+                f"request file {str(path)!r} is neither JSON nor JSON lines: {json_error}"
+            ) from None
+    if isinstance(data, dict):
+        if "requests" not in data:
+            raise RequestError(
+                f"request file {str(path)!r}: top-level object needs a 'requests' list; "
+                f"found keys {sorted(data)}"
+            )
+        data = data["requests"]
+    if not isinstance(data, list):
+        raise RequestError(f"request file {str(path)!r}: expected a list of records")
+    return parse_requests(data, source=str(path))
+
+
+def save_requests(requests: Sequence[EditRequest], path: str | Path) -> None:
+    """Write requests as a JSON list that :func:`load_requests` reads back unchanged."""
+    Path(path).write_text(
+        json.dumps([r.model_dump(mode="json") for r in requests], indent=2), encoding="utf-8"
+    )
