@@ -12,6 +12,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.hookspecs import hookimpl
+from easyetcon.text import build_target_batch
+from easyetcon.training import clamp_to_box, masked_token_nll, trainable_only
 
 
 class FineTuneLastConfig(BaseModel):
@@ -35,38 +37,19 @@ class FineTuneLast:
         return [self._weight_name(model)]
 
     def edit(self, model, requests: Sequence) -> None:
-        weight = model.parameter(self._weight_name(model))
-        original = weight.detach().clone()
-        batches = [self._tokens(model, r.prompt, r.target_new) for r in requests]
-        trainable = {p: p.requires_grad for p in model.torch_model.parameters()}
-        for p in trainable:
-            p.requires_grad_(p is weight)
-        optimizer = torch.optim.Adam([weight], lr=self.config.learning_rate)
-        try:
+        name = self._weight_name(model)
+        batch = build_target_batch(model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
+        batch = batch.to(model.device)
+        with trainable_only(model.torch_model, [name]) as (weight,):
+            original = weight.detach().clone()
+            optimizer = torch.optim.Adam([weight], lr=self.config.learning_rate)
             for _ in range(self.config.steps):
                 optimizer.zero_grad()
-                loss = sum(self._target_nll(model, ids, labels) for ids, labels in batches) / len(batches)
-                loss.backward()
+                logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                masked_token_nll(logits, batch.labels).backward()
                 optimizer.step()
                 if self.config.max_change is not None:
-                    with torch.no_grad():
-                        bound = self.config.max_change
-                        weight.copy_(original + (weight - original).clamp(-bound, bound))
-        finally:
-            for p, flag in trainable.items():
-                p.requires_grad_(flag)
-
-    @staticmethod
-    def _tokens(model, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
-        prompt_ids = model.tokenizer(prompt)["input_ids"]
-        target_ids = model.encode_answer(target)
-        ids = torch.tensor([prompt_ids + target_ids], device=model.device)
-        labels = torch.tensor([[-100] * len(prompt_ids) + target_ids], device=model.device)
-        return ids, labels
-
-    @staticmethod
-    def _target_nll(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return model.torch_model(input_ids=ids, labels=labels).loss
+                    clamp_to_box([weight], [original], self.config.max_change)
 
 
 @hookimpl

@@ -1,0 +1,109 @@
+"""Tokenisation primitives shared by editors and evaluators.
+
+Targets continue a prompt, so they are encoded with one leading space and no BOS; batches are
+right-padded for training (labels mask prompt and padding with -100) and left-padded for
+generation (:meth:`easyetcon.EditableModel.generate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from easyetcon.errors import RequestError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TargetBatch:
+    """Prompt+target token ids, right-padded, with labels only on the target tokens.
+
+    ``target_positions[i]`` lists, for row ``i``, the positions whose logits predict the target
+    tokens (position ``p`` predicts token ``p + 1``).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    prompt_lengths: list[int]
+    target_ids: list[list[int]]
+
+    @property
+    def target_positions(self) -> list[list[int]]:
+        return [
+            list(range(length - 1, length - 1 + len(target)))
+            for length, target in zip(self.prompt_lengths, self.target_ids)
+        ]
+
+    def to(self, device: torch.device | str) -> TargetBatch:
+        return TargetBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+            self.prompt_lengths, self.target_ids,
+        )
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` continuing a prompt: one leading space, no special tokens."""
+    text = text if text.startswith(" ") else " " + text
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
+    """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, labels, prompt_lengths, target_ids = [], [], [], []
+    for prompt, target in zip(prompts, targets):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        answer_ids = encode_continuation(tokenizer, target)
+        rows.append(prompt_ids + answer_ids)
+        labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+        prompt_lengths.append(len(prompt_ids))
+        target_ids.append(answer_ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    label_tensor = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        label_tensor[i, : len(label)] = torch.tensor(label)
+        mask[i, : len(row)] = 1
+    return TargetBatch(input_ids, mask, label_tensor, prompt_lengths, target_ids)
+
+
+def target_token_logprobs(logits: torch.Tensor, batch: TargetBatch) -> list[torch.Tensor]:
+    """Per row, the log-probabilities of the target tokens (differentiable)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    rows = []
+    for i, (positions, target) in enumerate(zip(batch.target_positions, batch.target_ids)):
+        index = torch.tensor(positions, device=logits.device)
+        tokens = torch.tensor(target, device=logits.device)
+        rows.append(log_probs[i, index, tokens])
+    return rows
+
+
+def locate_subject_tokens(tokenizer: Any, prompt: str, subject: str, *, request_id: str | None = None) -> list[int]:
+    """Token positions of the *last* occurrence of ``subject`` in the tokenised ``prompt``.
+
+    Uses character offsets, so it is right whatever the tokenizer does at word boundaries
+    (a leading space merged into the subject's first token, BOS added or not).
+    """
+    start = prompt.rfind(subject)
+    if start < 0:
+        who = f"request {request_id!r}: " if request_id else ""
+        raise RequestError(f"{who}subject {subject!r} does not occur in prompt {prompt!r}")
+    end = start + len(subject)
+    encoded = tokenizer(prompt, return_offsets_mapping=True)
+    positions = [
+        index
+        for index, (token_start, token_end) in enumerate(encoded["offset_mapping"])
+        if token_end > token_start and token_start < end and token_end > start
+    ]
+    if not positions:
+        raise RequestError(f"subject {subject!r} maps to no tokens of prompt {prompt!r}")
+    return positions

@@ -1,0 +1,94 @@
+"""Shared primitives: target batches, subject location, training scope, masked loss."""
+
+import pytest
+import torch
+
+from easyetcon.errors import RequestError
+from easyetcon.testing import tiny_model, tiny_tokenizer
+from easyetcon.text import IGNORE_INDEX, build_target_batch, locate_subject_tokens, target_token_logprobs
+from easyetcon.training import clamp_to_box, masked_token_nll, trainable_only
+
+
+def test_target_batch_labels_only_the_target_tokens():
+    tokenizer = tiny_tokenizer()
+    batch = build_target_batch(tokenizer, ["The Eiffel Tower is in", "Berlin"], ["Paris", "guitar piano"])
+    for row, (length, target) in enumerate(zip(batch.prompt_lengths, batch.target_ids)):
+        labelled = batch.labels[row][batch.labels[row] != IGNORE_INDEX].tolist()
+        assert labelled == target
+        assert batch.input_ids[row, length : length + len(target)].tolist() == target
+        assert batch.attention_mask[row].sum() == length + len(target)
+    assert tokenizer.decode(batch.target_ids[0]) == " Paris"
+
+
+def test_target_logprobs_match_the_transformers_loss(toy_host):
+    model = tiny_model(registry=toy_host.registry)
+    batch = build_target_batch(model.tokenizer, ["The Eiffel Tower is in"], ["Paris"])
+    logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    ours = -target_token_logprobs(logits, batch)[0].mean()
+    reference = model.torch_model(input_ids=batch.input_ids, labels=batch.labels).loss
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(masked_token_nll(logits, batch.labels), reference, atol=1e-5)
+    half = torch.full(batch.labels.shape, 0.5)
+    assert torch.allclose(masked_token_nll(logits, batch.labels, half), reference / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "prompt,subject",
+    [("The Eiffel Tower is located in", "The Eiffel Tower"), ("Where is the Eiffel Tower?", "Eiffel Tower"),
+     ("Toko Yasuda plays", "Yasuda")],
+)
+def test_subject_tokens_cover_exactly_the_subject(prompt, subject):
+    tokenizer = tiny_tokenizer()
+    positions = locate_subject_tokens(tokenizer, prompt, subject)
+    ids = tokenizer(prompt)["input_ids"]
+    decoded = tokenizer.decode([ids[p] for p in positions]).strip()
+    assert subject in decoded and positions == list(range(positions[0], positions[-1] + 1))
+
+
+def test_missing_subject_names_the_request():
+    with pytest.raises(RequestError, match="request 'r7'.*'Rome'"):
+        locate_subject_tokens(tiny_tokenizer(), "The tower is in", "Rome", request_id="r7")
+
+
+def test_trainable_only_scopes_gradients_and_restores(toy_host):
+    model = tiny_model(registry=toy_host.registry)
+    name = model.adapter.weight_name("mlp_out", 1)
+    model.torch_model.train()
+    with trainable_only(model.torch_model, [name]) as (weight,):
+        assert weight is model.parameter(name)
+        assert [n for n, p in model.torch_model.named_parameters() if p.requires_grad] == [name]
+        assert not model.torch_model.training
+    assert all(p.requires_grad for p in model.torch_model.parameters())
+    assert model.torch_model.training
+
+
+def test_clamp_to_box():
+    parameter = torch.nn.Parameter(torch.tensor([0.0, 5.0, -5.0]))
+    clamp_to_box([parameter], [torch.zeros(3)], 1.0)
+    assert parameter.tolist() == [0.0, 1.0, -1.0]
+
+
+def test_eaft_downweights_confident_conflict_tokens():
+    from easyetcon.training import entropy_adaptive_weights
+
+    vocab = 50
+    logits = torch.zeros(1, 3, vocab)
+    logits[0, 0, 7] = 12.0  # position 0: the model is sure of token 7 (low entropy)
+    # position 1: flat (high entropy); position 2: unused (predicts past the end)
+    labels = torch.tensor([[1, 3, 4]])  # token 3 follows position 0: a confident conflict
+    weights = entropy_adaptive_weights(logits, top_k=20)
+    assert weights.shape == labels.shape and weights[0, 0] == 1.0
+    assert weights[0, 1] < 0.05  # the confident-conflict token barely counts
+    assert torch.isclose(weights[0, 2], torch.tensor(1.0), atol=1e-5)  # flat top-20: entropy = ln 20
+    sharper = entropy_adaptive_weights(logits, top_k=20, alpha=2.0)
+    assert sharper[0, 1] < weights[0, 1]
+    loss_plain = masked_token_nll(logits, labels)
+    loss_eaft = masked_token_nll(logits, labels, weights)
+    assert loss_eaft < loss_plain
+
+
+def test_eaft_rejects_tiny_k():
+    from easyetcon.training import entropy_adaptive_weights
+
+    with pytest.raises(ValueError, match="top_k"):
+        entropy_adaptive_weights(torch.zeros(1, 2, 5), top_k=1)
