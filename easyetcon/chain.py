@@ -178,7 +178,7 @@ class EditChain:
                         positions.append(journal.append(record))
                     self.host.after_step(context, record, record.seconds)
                     bar.update(1)
-        except ChainStepError:
+        except BaseException:  # a failed step, or an interrupt between or inside steps
             for record in reversed(result.records):
                 record.undo(model, check=False)
             if journal is not None and positions:

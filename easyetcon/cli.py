@@ -92,7 +92,7 @@ def _parts_json(registry: Any, kind: str) -> list[dict[str, str]]:
 @click.option("--model", "model_name", help="Model folder or hub id (overrides the spec's 'model').")
 @click.option("--chain", "chain_path", required=True, type=click.Path(dir_okay=False), help="Chain spec (YAML or JSON).")
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Edit requests (JSON list or JSON lines).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edited model and journal (must not exist yet).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edited model and journal (new or empty).")
 @click.option("--mode", type=click.Choice(["sequential", "batch"]), help="Overrides the spec's mode.")
 @click.option("--batch-size", type=int, help="Overrides the spec's batch_size.")
 @click.option("--dtype", help="Overrides the spec's dtype (float32, bfloat16, ...).")

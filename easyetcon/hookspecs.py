@@ -46,7 +46,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def easyetcon_register_memory_editors(register: Any) -> None:
     """Register editors of the **external-memory** family.
 
-    Called once when the plugin host loads. External-memory editors keep edits outside the
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later. External-memory editors keep edits outside the
     weights (a retrieval memory, a codebook at a layer) and decide at inference time whether a
     query is in scope.
 
@@ -65,7 +66,8 @@ def easyetcon_register_memory_editors(register: Any) -> None:
 def easyetcon_register_merging_editors(register: Any) -> None:
     """Register editors of the **merging** family.
 
-    Called once when the plugin host loads. Merging editors train small adapters for the new
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later. Merging editors train small adapters for the new
     knowledge (e.g. LoRA) and merge them into the base weights (task arithmetic, TIES, DARE).
 
     :param register: ``register(name, editor_class, *, config, subfamily, summary)`` as in
@@ -79,7 +81,8 @@ def easyetcon_register_merging_editors(register: Any) -> None:
 def easyetcon_register_intrinsic_editors(register: Any) -> None:
     """Register editors of the **intrinsic-editing** family.
 
-    Called once when the plugin host loads. Intrinsic editors change the weights that store a
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later. Intrinsic editors change the weights that store a
     fact (FT-L, FT-M, ROME, MEMIT, AlphaEdit).
 
     :param register: ``register(name, editor_class, *, config, subfamily, summary)`` as in
@@ -95,7 +98,8 @@ def easyetcon_register_consolidators(register: Any) -> None:
     """Register **consolidation** stages, which run after an edit so the model *uses* the new fact
     when it generates freely (EtCon's TPSFT and GRPO).
 
-    Called once when the plugin host loads.
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later.
 
     :param register: ``register(name, editor_class, *, config, subfamily, summary)`` as in
         :func:`easyetcon_register_memory_editors`; ``editor_class`` must satisfy
@@ -114,7 +118,8 @@ def easyetcon_register_consolidators(register: Any) -> None:
 def easyetcon_register_datasets(register: Any) -> None:
     """Register loaders of edit datasets (KnowEdit, CounterFact, ZsRE, the fact world, ...).
 
-    Called once when the plugin host loads.
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later.
 
     :param register: call ``register(name, loader, *, config, summary, detect=None)``.
         ``loader(config_instance)`` returns a list of :class:`easyetcon.EditRequest`;
@@ -129,7 +134,8 @@ def easyetcon_register_datasets(register: Any) -> None:
 def easyetcon_register_metrics(register: Any) -> None:
     """Register evaluation metrics and judges.
 
-    Called once when the plugin host loads.
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later.
 
     :param register: call ``register(name, metric, *, summary)``. ``metric`` is an object with
         string attributes ``protocol`` and ``version`` (every score is stored with both, so
@@ -145,7 +151,8 @@ def easyetcon_register_metrics(register: Any) -> None:
 def easyetcon_register_rewards(register: Any) -> None:
     """Register reward functions for reinforcement-learning consolidation (GRPO).
 
-    Called once when the plugin host loads.
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later.
 
     :param register: call ``register(name, reward, *, summary)``. ``reward`` is a callable
         ``reward(completions, requests) -> list[float]`` taking the generated completions and,
@@ -160,7 +167,8 @@ def easyetcon_register_model_adapters(register: Any) -> None:
     """Register architecture adapters: where a model family keeps its blocks, MLP projections,
     final norm, embeddings and LM head.
 
-    Called once when the plugin host loads. Adapters are matched to a model by its class (or a
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later. Adapters are matched to a model by its class (or a
     structural predicate), never by substrings of its name.
 
     :param register: call ``register(name, adapter, *, matches)``. ``adapter`` is an
@@ -203,7 +211,8 @@ def easyetcon_after_step(step: StepContext, record: EditRecord, seconds: float) 
 
 @hookspec
 def easyetcon_step_error(step: StepContext, error: BaseException) -> None:
-    """Called when a chain step raised, before the model is restored.
+    """Called when a chain step raised: after the failing step's own partial change has been
+    reverted, before the chain undoes its earlier steps.
 
     :param step: the :class:`easyetcon.chain.StepContext` of the failed step.
     :param error: the exception the editor (or a veto) raised.

@@ -107,3 +107,46 @@ def locate_subject_tokens(tokenizer: Any, prompt: str, subject: str, *, request_
     if not positions:
         raise RequestError(f"subject {subject!r} maps to no tokens of prompt {prompt!r}")
     return positions
+
+
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation: lowercase, drop punctuation and articles, squeeze spaces."""
+    import string
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if ch in string.punctuation else ch for ch in text)
+    return " ".join(word for word in text.split() if word not in _ARTICLES)
+
+
+def extract_tagged_answer(generated: str) -> str | None:
+    """The text inside the first ``<answer> ... </answer>`` block, stripped; None without one."""
+    start = generated.find(ANSWER_OPEN)
+    if start < 0:
+        return None
+    start += len(ANSWER_OPEN)
+    end = generated.find(ANSWER_CLOSE, start)
+    return None if end < 0 else generated[start:end].strip()
+
+
+def extract_answer(generated: str) -> str:
+    """The answer a generation gives: the tagged block when there is one, else its first line
+    up to the first sentence end."""
+    tagged = extract_tagged_answer(generated)
+    if tagged is not None:
+        return tagged
+    line = generated.strip().split("\n", 1)[0]
+    for end in (". ", "</"):
+        if end in line:
+            line = line[: line.index(end)]
+    return line.strip().rstrip(".")
+
+
+def answer_matches(generated_answer: str, acceptable: Sequence[str]) -> bool:
+    """Normalised exact match against any acceptable answer."""
+    normalized = normalize_answer(generated_answer)
+    return any(normalized == normalize_answer(a) for a in acceptable if a.strip())

@@ -155,3 +155,22 @@ def test_bad_apply_arguments(toy_host, model):
         chain.apply(model, tiny_requests(), batch_size=0)
     with pytest.raises(ConfigError, match="mode"):
         chain.apply(model, tiny_requests(), mode="parallel")
+
+
+def test_an_interrupt_rolls_back_every_step_already_applied(toy_host, model, monkeypatch):
+    from tests.toy_plugins import ShiftEditor
+
+    original = model.state_hash()
+    calls = []
+
+    def interrupt_on_third(self, model, requests):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        with torch.no_grad():
+            model.parameter(self.weights_to_edit(model, requests)[0]).add_(1.0)
+
+    monkeypatch.setattr(ShiftEditor, "edit", interrupt_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        EditChain(["toy-shift"]).apply(model, tiny_requests())
+    assert len(calls) == 3 and model.state_hash() == original

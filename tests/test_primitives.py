@@ -92,3 +92,15 @@ def test_eaft_rejects_tiny_k():
 
     with pytest.raises(ValueError, match="top_k"):
         entropy_adaptive_weights(torch.zeros(1, 2, 5), top_k=1)
+
+
+def test_answer_normalisation_and_extraction():
+    from easyetcon.text import answer_matches, extract_answer, extract_tagged_answer, normalize_answer
+
+    assert normalize_answer("  The  Eiffel-Tower! ") == "eiffel tower"
+    assert extract_tagged_answer("Paris is in France. <answer> French </answer> more") == "French"
+    assert extract_tagged_answer("<answer> unclosed") is None
+    assert extract_answer(" Rome. It is old.") == "Rome"
+    assert extract_answer(" Rome\nnext line") == "Rome"
+    assert extract_answer("x <answer> the Rome </answer>") == "the Rome"
+    assert answer_matches("the Rome", ["Rome", "Roma"]) and not answer_matches("Romeo", ["Rome"])

@@ -1,0 +1,169 @@
+"""GRPO consolidation (EtCon's second stage) on TRL's GRPOTrainer.
+
+For each edit, sample a group of answers to its question prompts, score them with the edit
+rewards (correctness, format, cleanliness, consistency), and push the selected FFN weights
+towards the answers that beat their group's mean, with a KL penalty to the model as it was
+when this step began (i.e. after the edit stage). Runs on CPU (``use_cpu``) and unchanged on
+GPUs under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from easyetcon.errors import ConfigError, RequestError, UnknownNameError
+from easyetcon.plugins import get_host
+from easyetcon.requests import EditRequest
+from easyetcon.training import trainable_only
+from easyetcon_consolidation.common import (
+    FfnSelection,
+    LifelongSchedule,
+    PromptSources,
+    ScheduleState,
+    ffn_weight_names,
+    question_prompts,
+)
+from easyetcon_consolidation.rewards import DEFAULT_WEIGHTS, combine_rewards
+
+
+class GRPOConsolidationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: FfnSelection = Field(default_factory=FfnSelection)
+    question_template: str | None = Field(
+        default=None,
+        description="Question prompt for requests without metadata['qa_prompts'], e.g. 'Question: {prompt}? Answer:'.",
+    )
+    group_size: int = Field(default=4, description="Answers sampled per prompt (TRL's num_generations); at least 2.")
+    prompts_per_step: int = Field(default=2, ge=1, description="Prompts in one optimisation step.")
+    steps: int = Field(default=20, ge=1, le=100_000, description="Optimisation steps per consolidation.")
+    learning_rate: float = Field(default=1e-3, gt=0)
+    beta: float = Field(default=0.04, ge=0, description="Weight of the KL penalty to the pre-step model.")
+    epsilon: float = Field(default=0.2, gt=0, description="Clip half-width of the policy ratio.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the group's answers.")
+    max_completion_tokens: int = Field(default=24, ge=1, le=4096)
+    rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS), description="Reward name -> weight.")
+    format_gate: str | None = Field(default="format", description="Reward whose 0 zeroes the total; null disables.")
+    schedule: LifelongSchedule = Field(default_factory=LifelongSchedule)
+    seed: int = 0
+    progress: bool = Field(default=False, description="Show TRL's progress bar.")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_of_two(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("group_size must be at least 2: GRPO's advantage compares answers within a group")
+        return value
+
+    @field_validator("rewards")
+    @classmethod
+    def _weights_make_sense(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("at least one reward is needed")
+        if any(weight < 0 for weight in value.values()):
+            raise ValueError("reward weights must be non-negative")
+        if sum(value.values()) <= 0:
+            raise ValueError("the reward weights sum to zero; give at least one a positive weight")
+        return value
+
+
+class GRPOConsolidation:
+    def __init__(self, config: GRPOConsolidationConfig) -> None:
+        self.config = config
+        self.state = ScheduleState(config.schedule)
+        registry = get_host().registry
+        names = [*config.rewards, *([config.format_gate] if config.format_gate else [])]
+        try:
+            for name in names:
+                registry.reward(name)
+        except UnknownNameError as error:
+            raise ConfigError(f"option 'rewards': {error}") from None
+        self.reward = combine_rewards(config.rewards, registry.reward, format_gate=config.format_gate)
+
+    def weights_to_edit(self, model: Any, requests: Sequence[EditRequest]) -> list[str]:
+        return ffn_weight_names(model, self.config.weights) if self.state.fires_next() else []
+
+    def _rows(self, requests: Sequence[EditRequest]) -> list[dict[str, Any]]:
+        sources = PromptSources(cloze=False, questions=True, question_template=self.config.question_template)
+        rows = []
+        for index, request in enumerate(requests):
+            prompts = question_prompts(request, sources)
+            if not prompts:
+                raise RequestError(
+                    f"request {request.request_id!r} has no question prompt for GRPO: give it "
+                    f"metadata['qa_prompts'] or set the option question_template"
+                )
+            rows.extend({"prompt": prompt, "request_index": index} for prompt in prompts)
+        return rows
+
+    def edit(self, model: Any, requests: Sequence[EditRequest]) -> None:
+        chosen = self.state.advance(requests)
+        if chosen is None:
+            return
+        from datasets import Dataset
+        from transformers import PrinterCallback
+        from trl import GRPOConfig, GRPOTrainer
+
+        rows = self._rows(chosen)
+        net, tokenizer = model.torch_model, model.tokenizer
+
+        def reward(prompts: list[str], completions: list[str], request_index: list[int], **_: Any) -> list[float]:
+            return self.reward(completions, [chosen[i] for i in request_index])
+
+        config = self.config
+        names = ffn_weight_names(model, config.weights)
+        saved_name = net.config._name_or_path
+        saved_generation = net.generation_config.to_dict() if net.generation_config is not None else None
+        with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch, trainable_only(net, names):
+            # TRL builds the KL reference by loading the policy's checkpoint: give it this step's start.
+            reference = Path(scratch) / "reference"
+            net.save_pretrained(reference)
+            tokenizer.save_pretrained(reference)
+            net.config._name_or_path = str(reference)
+            arguments = GRPOConfig(
+                output_dir=str(Path(scratch) / "trainer"),
+                use_cpu=model.device.type == "cpu",
+                num_generations=config.group_size,
+                per_device_train_batch_size=config.group_size * config.prompts_per_step,
+                max_completion_length=config.max_completion_tokens,
+                max_steps=config.steps,
+                learning_rate=config.learning_rate,
+                lr_scheduler_type="constant",
+                beta=config.beta,
+                epsilon=config.epsilon,
+                temperature=config.temperature,
+                gradient_checkpointing=False,
+                save_strategy="no",
+                report_to="none",
+                logging_steps=max(config.steps, 1),
+                disable_tqdm=not config.progress,
+                optim="adamw_torch",
+                weight_decay=0.0,
+                seed=config.seed,
+                bf16=False,
+                fp16=False,
+            )
+            transformers_logger = logging.getLogger("transformers")
+            level = transformers_logger.level
+            transformers_logger.setLevel(logging.ERROR)
+            try:
+                trainer = GRPOTrainer(
+                    model=net,
+                    reward_funcs=[reward],
+                    args=arguments,
+                    train_dataset=Dataset.from_list(rows),
+                    processing_class=tokenizer,
+                )
+                trainer.remove_callback(PrinterCallback)
+                trainer.train()
+            finally:
+                transformers_logger.setLevel(level)
+                net.config._name_or_path = saved_name
+                if saved_generation is not None:
+                    net.generation_config = type(net.generation_config).from_dict(saved_generation)

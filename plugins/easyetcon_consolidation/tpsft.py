@@ -1,0 +1,100 @@
+"""TPSFT — targeted proximal supervised fine-tuning (EtCon's edit stage, arXiv 2512.04753).
+
+Fine-tune only selected FFN weights on the edit target with PPO's clipped surrogate and a
+constant positive advantage. Per target token t, with r_t = p_current(t) / p_old(t):
+
+    objective = mean_t  min(r_t, clip(r_t, 1 - eps, 1 + eps))
+
+Once a token's probability has risen by a factor (1 + eps) over p_old its gradient is zero:
+a trust region that keeps the edit from over-fitting the new fact and drifting the model.
+``p_old`` is the model at the start of each round; round 1 starts from the model before this
+chain step, so ``rounds=1`` is exactly one trust region around the pre-step model, and each
+further round lets probabilities rise by another factor of at most (1 + eps).
+
+Optional EAFT weighting multiplies each token's term by its normalised top-K entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from easyetcon.requests import EditRequest
+from easyetcon.text import build_target_batch
+from easyetcon.training import entropy_adaptive_weights, trainable_only
+from easyetcon_consolidation.common import (
+    FfnSelection,
+    LifelongSchedule,
+    PromptSources,
+    ScheduleState,
+    ffn_weight_names,
+    training_pairs,
+)
+
+
+class EaftOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(default=20, ge=2, description="K of the top-K entropy.")
+    alpha: float = Field(default=1.0, gt=0, description="Exponent applied to the normalised entropy.")
+
+
+class TPSFTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: FfnSelection = Field(default_factory=FfnSelection)
+    prompts: PromptSources = Field(default_factory=PromptSources)
+    epsilon: float = Field(default=0.2, gt=0, le=10, description="Trust-region half-width of the ratio clip.")
+    rounds: int = Field(default=30, ge=1, le=10_000, description="Times p_old is refreshed.")
+    steps_per_round: int = Field(default=2, ge=1, le=1000, description="Optimiser steps against one p_old.")
+    learning_rate: float = Field(default=5e-3, gt=0)
+    eaft: EaftOptions | None = Field(default=None, description="Entropy-adaptive token weighting; off when null.")
+    schedule: LifelongSchedule = Field(default_factory=LifelongSchedule)
+
+
+class TPSFT:
+    def __init__(self, config: TPSFTConfig) -> None:
+        self.config = config
+        self.state = ScheduleState(config.schedule)
+
+    def weights_to_edit(self, model: Any, requests: Sequence[EditRequest]) -> list[str]:
+        return ffn_weight_names(model, self.config.weights) if self.state.fires_next() else []
+
+    def edit(self, model: Any, requests: Sequence[EditRequest]) -> None:
+        chosen = self.state.advance(requests)
+        if chosen is None:
+            return
+        pairs = [pair for request in chosen for pair in training_pairs(request, self.config.prompts)]
+        if not pairs:
+            raise ValueError("no training prompts: enable prompts.cloze or give the requests question prompts")
+        batch = build_target_batch(model.tokenizer, [p for p, _ in pairs], [c for _, c in pairs]).to(model.device)
+        mask = (batch.labels[:, 1:] != -100).float()
+        targets = batch.labels[:, 1:].clamp(min=0).unsqueeze(-1)
+        net = model.torch_model
+
+        def token_logprobs() -> tuple[torch.Tensor, torch.Tensor]:
+            logits = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets).squeeze(-1)
+            return logprobs, logits
+
+        with trainable_only(net, ffn_weight_names(model, self.config.weights)) as params:
+            optimizer = torch.optim.Adam(params, lr=self.config.learning_rate)
+            eps = self.config.epsilon
+            for _ in range(self.config.rounds):
+                with torch.no_grad():
+                    old_logprobs, _ = token_logprobs()
+                for _ in range(self.config.steps_per_round):
+                    logprobs, logits = token_logprobs()
+                    ratio = torch.exp(logprobs - old_logprobs)
+                    surrogate = torch.minimum(ratio, ratio.clamp(1 - eps, 1 + eps))
+                    weights = mask
+                    if self.config.eaft is not None:
+                        eaft = entropy_adaptive_weights(logits, top_k=self.config.eaft.top_k, alpha=self.config.eaft.alpha)
+                        weights = mask * eaft[:, 1:]
+                    loss = -(surrogate * weights).sum() / mask.sum()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
