@@ -1,0 +1,340 @@
+"""Lifelong editing runs: a chain applied to many requests, one group at a time, with retention
+measured on everything edited so far, resumable from its journal.
+
+Schedules:
+
+* ``"each"`` — right after each chain application, score the requests it just edited
+  (``LifelongResult.immediate``); retention on everything is measured once, at the end;
+* ``"every:N"`` — after every N edits, score *all* requests edited so far (the retention curve);
+* ``"end"`` — score everything once, after the last edit.
+
+With ``out_dir`` the run keeps ``journal/`` (an :class:`easyetcon.Journal`), ``baseline-*.json``
+(the unedited model's outputs, computed once) and ``lifelong.json`` (curve and timings, rewritten
+atomically after every group). Started again on the same folder with a freshly loaded unedited
+model, it replays the journal's complete groups onto the model, drops a group that was cut off
+half-way, and continues with the first request not yet edited. (Editors that keep statistics
+between calls start them afresh on resume.)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from easyetcon.errors import ConfigError, JournalError
+from easyetcon.journal import APPLIED, ROLLED_BACK, Journal, write_json_atomic
+from easyetcon.registry import Family
+from easyetcon.requests import EditRequest, parse_requests
+from easyetcon_eval.evaluate import (
+    DEFAULT_JUDGE,
+    Baseline,
+    check_protocols,
+    compute_baseline,
+    evaluate_edits,
+)
+
+STATE_FILE = "lifelong.json"
+STATE_VERSION = 1
+
+
+def parse_schedule(schedule: str) -> tuple[str, int | None]:
+    """``"each"`` / ``"end"`` / ``"every:N"`` -> ``(kind, N)``."""
+    text = str(schedule).strip()
+    if text in ("each", "end"):
+        return text, None
+    if text.startswith("every:"):
+        try:
+            every = int(text.split(":", 1)[1])
+        except ValueError:
+            every = 0
+        if every >= 1:
+            return "every", every
+    raise ConfigError(f"unknown schedule {schedule!r}; use 'each', 'end' or 'every:N' with N >= 1")
+
+
+@dataclass
+class LifelongResult:
+    """What a lifelong run measured.
+
+    ``curve``: retention points ``{"edits": k, "<protocol>@<v>": {metric: value, ...}}`` over all
+    requests edited so far (the last one is after the final edit); ``final``: the summary after
+    the last edit; ``seconds_per_edit``: wall-clock seconds of each chain application;
+    ``immediate``: with schedule ``"each"``, the summary of each application's own requests.
+    """
+
+    curve: list[dict[str, Any]]
+    final: dict[str, Any]
+    seconds_per_edit: list[float]
+    immediate: list[dict[str, Any]] = field(default_factory=list)
+    baseline_summary: dict[str, Any] | None = None
+    schedule: str = "end"
+    edits: int = 0
+    resumed_at: int = 0
+    chain: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return self.final
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "schedule": self.schedule,
+            "edits": self.edits,
+            "resumed_at": self.resumed_at,
+            "chain": self.chain,
+            "settings": self.settings,
+            "baseline": self.baseline_summary,
+            "final": self.final,
+            "curve": self.curve,
+            "immediate": self.immediate,
+            "seconds_per_edit": self.seconds_per_edit,
+        }
+
+
+def _as_chain(chain: Any) -> Any:
+    from easyetcon.chain import EditChain
+
+    if isinstance(chain, EditChain):
+        return chain
+    if isinstance(chain, (str, Path)):
+        from easyetcon.spec import load_chain_spec
+
+        return load_chain_spec(chain)[1]
+    if isinstance(chain, Iterable):
+        return EditChain(list(chain))
+    raise ConfigError(f"cannot make an edit chain from {type(chain).__name__}; pass an EditChain, a list of steps or a spec file")
+
+
+def describe_chain(chain: Any) -> list[dict[str, Any]]:
+    return [
+        {"step": s.name, "editor": s.info.name, "family": s.info.family.value, "config": s.config.model_dump(mode="json")}
+        for s in chain.steps
+    ]
+
+
+def _retention_subset(requests: Sequence[EditRequest], edited: int, sample: int | None) -> list[EditRequest]:
+    """The first ``edited`` requests, or a stable random subset of ``sample`` of them (the same
+    requests stay in the subset as the run grows)."""
+    done = list(requests[:edited])
+    if sample is None or len(done) <= sample:
+        return done
+    rng = random.Random(0)
+    priority = [rng.random() for _ in range(len(requests))]
+    chosen = sorted(range(edited), key=lambda i: priority[i])[:sample]
+    return [done[i] for i in sorted(chosen)]
+
+
+def _complete_groups(journal: Journal, groups: list[list[str]], steps: int) -> tuple[int, list[int], list[int]]:
+    """How many leading groups the journal holds completely, the positions of their entries, and
+    the applied positions of a group cut off half-way (to drop)."""
+    entries = journal.entries(APPLIED)
+    complete_positions: list[int] = []
+    done = 0
+    cursor = 0
+    while done < len(groups) and cursor < len(entries):
+        ids = groups[done]
+        mine = []
+        while cursor < len(entries) and entries[cursor]["request_ids"] == ids:
+            mine.append(entries[cursor])
+            cursor += 1
+        if not mine:
+            break
+        if sorted(e["step_index"] for e in mine) != list(range(steps)):
+            return done, complete_positions, [e["position"] for e in entries[cursor - len(mine):]]
+        complete_positions.extend(e["position"] for e in mine)
+        done += 1
+    leftovers = [e["position"] for e in entries[cursor:]]
+    return done, complete_positions, leftovers
+
+
+def run_lifelong(
+    model: Any,
+    chain: Any,
+    requests: Sequence[EditRequest] | Sequence[dict],
+    *,
+    schedule: str = "every:50",
+    protocols: Iterable[str] | str = ("generation",),
+    mode: str = "sequential",
+    batch_size: int = 1,
+    out_dir: str | Path | None = None,
+    baseline: Baseline | bool | None = True,
+    resume: bool = True,
+    retention_sample: int | None = None,
+    max_new_tokens: int = 48,
+    eval_batch_size: int = 32,
+    judge: str = DEFAULT_JUDGE,
+    fluency: bool = False,
+    progress: bool = True,
+    report: bool = True,
+) -> LifelongResult:
+    """Apply ``chain`` to ``requests`` group by group and measure retention on a schedule.
+
+    ``model`` must be unedited (a fresh load) — also when resuming. ``mode="sequential"`` applies
+    the chain to ``batch_size`` requests at a time; ``mode="batch"`` applies it once to all.
+    ``baseline=True`` computes the unedited model's outputs once (cached in ``out_dir``), so
+    locality is also scored as agreement; pass a :class:`Baseline` to reuse one, or ``False``.
+    ``retention_sample`` caps the number of requests scored at each retention point (a stable
+    random subset). With ``out_dir``, the run is journalled and resumable, and (``report=True``)
+    ``results.json``, ``results.md`` and ``retention.png`` are written at the end.
+    """
+    requests = parse_requests(requests, source="lifelong requests")
+    protocols = check_protocols(protocols)
+    kind, every = parse_schedule(schedule)
+    if mode not in ("sequential", "batch"):
+        raise ConfigError(f"unknown mode {mode!r}; choose 'sequential' or 'batch'")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if retention_sample is not None and retention_sample < 1:
+        raise ConfigError(f"retention_sample must be at least 1, got {retention_sample}")
+    ids = [r.request_id for r in requests]
+    repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if repeated:
+        raise ConfigError(f"request ids must be unique in a lifelong run; repeated: {', '.join(repeated[:5])}")
+    chain = _as_chain(chain)
+    size = batch_size if mode == "sequential" else len(requests)
+    groups = [requests[i : i + size] for i in range(0, len(requests), size)]
+    group_ids = [[r.request_id for r in g] for g in groups]
+    settings = {
+        "protocols": list(protocols), "mode": mode, "batch_size": batch_size, "schedule": schedule,
+        "retention_sample": retention_sample, "max_new_tokens": max_new_tokens, "judge": judge,
+    }
+    eval_options = dict(protocols=protocols, max_new_tokens=max_new_tokens, batch_size=eval_batch_size, judge=judge)
+
+    out = Path(out_dir) if out_dir is not None else None
+    journal: Journal | None = None
+    state: dict[str, Any] = {}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        journal_dir = out / "journal"
+        if (journal_dir / "journal.json").exists() and not resume:
+            raise ConfigError(f"{str(out)!r} already holds a lifelong run; pass resume=True to continue it or choose a new folder")
+        if (out / STATE_FILE).is_file():
+            state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+
+    # The baseline needs the unedited model, so it comes before any replay.
+    if baseline is True:
+        baseline = compute_baseline(model, requests, cache_dir=out, progress=progress, **eval_options)
+    elif not baseline:
+        baseline = None
+
+    done_groups = 0
+    chain_description = describe_chain(chain)
+    if out is not None:
+        journal_dir = out / "journal"
+        base_hash = model.state_hash()
+        if (journal_dir / "journal.json").exists():
+            journal = Journal(journal_dir)
+            meta = journal.metadata
+            if meta.get("base_model") != base_hash:
+                raise JournalError(
+                    f"the lifelong run in {str(out)!r} started from a different model (weights hash "
+                    f"{str(meta.get('base_model'))[:12]}..., this model {base_hash[:12]}...); load the same unedited model"
+                )
+            if meta.get("chain") != chain_description:
+                raise JournalError(f"the lifelong run in {str(out)!r} used another chain: {meta.get('chain')}")
+            if meta.get("groups") != group_ids:
+                raise JournalError(
+                    f"the lifelong run in {str(out)!r} was started with other requests or batching "
+                    f"(mode/batch_size); pass the same requests and options to resume it"
+                )
+            done_groups, positions, partial = _complete_groups(journal, group_ids, len(chain.steps))
+            if partial:
+                journal.set_status(partial, ROLLED_BACK)
+            for position in positions:
+                journal.record(position).redo(model)
+            for step in chain.steps:
+                if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
+                    step.editor.attach(model, model.memory_store(step.name))
+                    model.attached_memories.add(step.name)
+        else:
+            journal = Journal(journal_dir, metadata={"base_model": base_hash, "chain": chain_description, "groups": group_ids})
+
+    edited = sum(len(g) for g in groups[:done_groups])
+    curve = [p for p in state.get("curve", []) if p["edits"] <= edited] if done_groups else []
+    immediate = [p for p in state.get("immediate", []) if p["edits"] <= edited] if done_groups else []
+    seconds = list(state.get("seconds_per_edit", []))[:done_groups] if done_groups else []
+    if journal is not None and len(seconds) < done_groups:  # state written before the crash lagged
+        seconds = _seconds_from_journal(journal, group_ids[:done_groups])
+    result = LifelongResult(
+        curve=curve, final={}, seconds_per_edit=seconds, immediate=immediate,
+        baseline_summary=baseline.summary if baseline is not None else None, schedule=schedule,
+        edits=edited, resumed_at=edited, chain=chain_description, settings=settings, out_dir=out,
+    )
+
+    def retention_point(count: int) -> dict[str, Any]:
+        subset = _retention_subset(requests, count, retention_sample)
+        summary = evaluate_edits(model, subset, baseline=baseline, fluency=fluency, **eval_options).summary()
+        return {"edits": count, **summary}
+
+    def save_state() -> None:
+        if out is not None:
+            write_json_atomic(out / STATE_FILE, result.to_json())
+
+    bar = _edit_bar(len(requests), edited, progress, repr(chain))
+    try:
+        for group in groups[done_groups:]:
+            started = time.perf_counter()
+            chain.apply(model, group, mode="batch", journal=journal)
+            result.seconds_per_edit.append(time.perf_counter() - started)
+            before, edited = edited, edited + len(group)
+            result.edits = edited
+            bar.update(len(group))
+            if kind == "each":
+                summary = evaluate_edits(model, group, baseline=baseline, **eval_options).summary()
+                result.immediate.append({"edits": edited, **summary})
+            elif kind == "every" and edited // every > before // every and edited < len(requests):
+                result.curve.append(retention_point(edited))
+                bar.set_postfix_str(_headline(result.curve[-1]))
+            save_state()
+    finally:
+        bar.close()
+    if not result.curve or result.curve[-1]["edits"] != edited:
+        result.curve.append(retention_point(edited))
+    result.final = {k: v for k, v in result.curve[-1].items() if k != "edits"}
+    save_state()
+    if out is not None and report:
+        from easyetcon_eval.reports import write_report
+
+        write_report(out, result)
+    return result
+
+
+def _seconds_from_journal(journal: Journal, group_ids: list[list[str]]) -> list[float]:
+    totals: list[float] = []
+    entries = journal.entries(APPLIED)
+    for ids in group_ids:
+        totals.append(sum(e["seconds"] for e in entries if e["request_ids"] == ids))
+    return totals
+
+
+def _headline(point: dict[str, Any]) -> str:
+    for key, row in point.items():
+        if isinstance(row, dict) and row.get("reliability") is not None:
+            return f"{key} reliability {row['reliability']:.2f}"
+    return ""
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _edit_bar(total: int, initial: int, enabled: bool, description: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit="edit")
