@@ -15,6 +15,37 @@ from easyetcon.adapters import ArchitectureAdapter, resolve_adapter
 from easyetcon.errors import EasyEtconError, UnknownNameError
 
 PromptRewriter = Callable[[list[str]], list[str]]
+#: ``end(text, index) -> int | None``: where the continuation of prompt ``index`` ends.
+AnswerEnd = Callable[[str, int], "int | None"]
+
+
+def _first_stop_string(markers: tuple[str, ...]) -> AnswerEnd:
+    def end(text: str, index: int) -> int | None:
+        found = [text.index(m) for m in markers if m in text]
+        return min(found) if found else None
+
+    return end
+
+
+class _RowsEnded:
+    """Stopping criterion: a row is done once its decoded continuation has ended."""
+
+    def __init__(self, tokenizer: Any, prompt_width: int, rows: list[int], end_of: AnswerEnd) -> None:
+        self.tokenizer, self.prompt_width, self.rows, self.end_of = tokenizer, prompt_width, rows, end_of
+        self.done = [False] * len(rows)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        for r, index in enumerate(self.rows):
+            if not self.done[r]:
+                text = self.tokenizer.decode(input_ids[r, self.prompt_width :], skip_special_tokens=True)
+                self.done[r] = self.end_of(text, index) is not None
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+def _stopping_list(criteria: _RowsEnded) -> Any:
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([criteria])
 
 
 class EditableModel:
@@ -113,39 +144,55 @@ class EditableModel:
         prompts: Sequence[str],
         *,
         max_new_tokens: int = 24,
-        stop: Sequence[str] = ("\n",),
+        stop: Sequence[str] | AnswerEnd = ("\n",),
         batch_size: int = 32,
         use_memory: bool = True,
     ) -> list[str]:
-        """Greedy continuations of ``prompts`` (batched, left-padded), cut at the first ``stop``
-        string. External memories apply unless ``use_memory=False``."""
-        if use_memory:
-            prompts = self.rewrite_prompts(prompts)
+        """Greedy continuations of ``prompts``, batched and left-padded so each equals decoding
+        its prompt alone.
+
+        ``stop`` ends a row early and cuts its text: stop strings (the text is cut before the
+        first one), or a function ``end(text, index) -> int | None`` giving where the continuation
+        of prompt ``index`` ends (``None``: not yet). Decoding also stops at end of sequence and
+        after ``max_new_tokens``. External memories apply unless ``use_memory=False``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        end_of = stop if callable(stop) else _first_stop_string(tuple(s for s in stop if s))
+        encoded = [self.tokenizer(p)["input_ids"] for p in (self.rewrite_prompts(prompts) if use_memory else prompts)]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # little padding per batch
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        outputs = [""] * len(prompts)
         model = self.torch_model
         was_training = model.training
         model.eval()
-        tokenizer = self.tokenizer
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        outputs: list[str] = []
         try:
-            for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start : start + batch_size])
-                batch = tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                width = max(len(encoded[i]) for i in rows)
+                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, i in enumerate(rows):
+                    input_ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i], dtype=torch.long)
+                    attention_mask[r, width - len(encoded[i]) :] = 1
+                criteria = _RowsEnded(self.tokenizer, width, rows, end_of)
                 generated = model.generate(
-                    **batch,
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
+                    num_beams=1,
+                    pad_token_id=pad_id,
+                    stopping_criteria=_stopping_list(criteria),
                 )
-                new_tokens = generated[:, batch["input_ids"].shape[1] :]
-                for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                    for marker in stop:
-                        if marker and marker in text:
-                            text = text[: text.index(marker)]
-                    outputs.append(text)
+                texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+                for i, text in zip(rows, texts):
+                    end = end_of(text, i)
+                    outputs[i] = text if end is None else text[:end]
         finally:
-            tokenizer.padding_side = padding_side
             model.train(was_training)
         return outputs
 
