@@ -1,0 +1,86 @@
+"""Rebuild the shipped default world model: ``python -m easyetcon_world.build_default``.
+
+Pretrains preset ``default`` (seed 0) with its recipe, measures its knowledge on every fact, and
+writes model, tokenizer, ``world.json``, ``knowledge.json``, ``build_info.json`` and the manifest
+into ``easyetcon_world/assets/default/``. Deterministic for a given machine and torch version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from easyetcon_world.knowledge import FLOORS, headline, measure_knowledge
+from easyetcon_world.pretraining import (
+    default_train_config,
+    record_knowledge,
+    save_model_directory,
+    train_model,
+)
+from easyetcon_world.shipped import DEFAULT_PRESET, DEFAULT_SEED, default_model_path
+from easyetcon_world.world import build_world
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_model_path(), help="target directory")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    world = build_world(DEFAULT_PRESET, DEFAULT_SEED)
+    config = default_train_config(DEFAULT_PRESET)
+    print(f"world: {world.summary()}", flush=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model, tokenizer = train_model(world, config, progress=True)
+    train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    staging = args.out.with_name(args.out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_model_directory(staging, model, tokenizer, world, config, seconds=train_wall)
+    started = time.perf_counter()
+    numbers = measure_knowledge(model, tokenizer, world)
+    build_info = {
+        "command": "python -m easyetcon_world.build_default"
+        + (f" --threads {args.threads}" if args.threads else ""),
+        "train_wall_seconds": round(train_wall, 1),
+        "train_cpu_seconds": round(train_cpu, 1),
+        "measure_seconds": round(time.perf_counter() - started, 1),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (staging / "build_info.json").write_text(json.dumps(build_info, indent=1))
+    record_knowledge(staging, numbers)
+    shutil.rmtree(args.out, ignore_errors=True)
+    os.replace(staging, args.out)
+
+    print(json.dumps(build_info, indent=1))
+    failed = []
+    for name, value in headline(numbers).items():
+        floor = FLOORS.get(name)
+        print(f"{name:34s} {value:.3f}" + (f"  (floor {floor:.2f})" if floor else ""))
+        if floor is not None and value < floor:
+            failed.append(name)
+    if failed:
+        print(f"below the floor: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The pretraining corpus: every fact in several phrasings, contexts and forms, fresh each epoch.
+
+Following Allen-Zhu & Li (Physics of Language Models 3.1), a small model only learns to retrieve a
+fact from an unseen phrasing if the *other* subjects' facts come in many phrasings and orders
+("knowledge augmentation"). So each epoch states every fact once with each of its trained
+templates, half of them grouped into a biography of the subject in a random order and half as
+standalone sentences, plus question-answer forms and, for some subjects, multi-hop questions
+answered with a short reasoning chain.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from easyetcon_world.relations import RELATIONS, TWO_HOPS, qa_text, statement
+
+if TYPE_CHECKING:
+    from easyetcon_world.from_dataset import DatasetWorld
+    from easyetcon_world.world import MultiHopQuestion, World
+
+
+class CorpusConfig(BaseModel):
+    """How the corpus of one epoch is put together."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bio_fraction: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of a subject's statement rounds grouped into a biography (the rest standalone)",
+    )
+    qa_copies: int = Field(default=1, ge=0, description="each trained question per fact, per epoch")
+    multi_hop_copies: int = Field(
+        default=1, ge=0, description="each trained multi-hop question, per epoch"
+    )
+    plain_multi_hop: bool = Field(
+        default=True, description="also state trained multi-hop facts as one plain sentence"
+    )
+
+
+def reasoning_chain(question: MultiHopQuestion) -> str:
+    """The reasoning that answers a multi-hop question: each hop in its canonical phrasing."""
+    return " ".join(statement(h.relation, 0, h.subject, h.object) for h in question.hops)
+
+
+def multi_hop_text(question: MultiHopQuestion) -> str:
+    """``Question: ... Answer: <hop 1>. <hop 2>. <answer> X </answer>``."""
+    spec = TWO_HOPS[question.kind]
+    return qa_text(
+        spec.question.format(s=question.subject), question.answer, reasoning_chain(question)
+    )
+
+
+def world_documents(world: World, epoch: int, config: CorpusConfig, seed: int = 0) -> list[str]:
+    """The shuffled documents of one epoch; a different ``epoch`` gives other groupings and orders."""
+    rng = random.Random(f"easyetcon-corpus:{seed}:{epoch}")
+    documents: list[str] = []
+
+    by_subject: dict[str, list] = {}
+    for fact in world.facts:
+        by_subject.setdefault(fact.subject, []).append(fact)
+    for subject, facts in by_subject.items():
+        # round k states every fact of the subject with the k-th of its (shuffled) trained templates
+        orders = {
+            f.relation: rng.sample(f.trained_templates, len(f.trained_templates)) for f in facts
+        }
+        rounds = max(len(o) for o in orders.values())
+        for k in range(rounds):
+            sentences = [
+                statement(
+                    f.relation, orders[f.relation][k % len(orders[f.relation])], subject, f.object
+                )
+                for f in facts
+            ]
+            if rng.random() < config.bio_fraction:
+                rng.shuffle(sentences)
+                documents.append(" ".join(sentences))
+            else:
+                documents.extend(sentences)
+
+    for fact in world.facts:
+        questions = RELATIONS[fact.relation].questions
+        for q in fact.trained_questions:
+            for _ in range(config.qa_copies):
+                documents.append(qa_text(questions[q].format(s=fact.subject), fact.object))
+
+    for question in world.multi_hop_questions():
+        if not question.trained:
+            continue
+        for _ in range(config.multi_hop_copies):
+            documents.append(multi_hop_text(question))
+        if config.plain_multi_hop:
+            plain = TWO_HOPS[question.kind].plain.format(s=question.subject)
+            documents.append(f"{plain} {question.answer}.")
+
+    rng.shuffle(documents)
+    return documents
+
+
+def dataset_documents(world: DatasetWorld, epoch: int, seed: int = 0) -> list[str]:
+    """Each statement of a from-dataset world as ``prompt answer``, shuffled per epoch."""
+    rng = random.Random(f"easyetcon-corpus:{seed}:{epoch}")
+    documents = [f"{s.prompt} {s.answer}" for s in world.statements]
+    rng.shuffle(documents)
+    return documents
+
+
+def epoch_documents(
+    world: World | DatasetWorld, epoch: int, config: CorpusConfig, seed: int = 0
+) -> list[str]:
+    from easyetcon_world.from_dataset import DatasetWorld
+
+    if isinstance(world, DatasetWorld):
+        return dataset_documents(world, epoch, seed)
+    return world_documents(world, epoch, config, seed)

@@ -1,0 +1,88 @@
+"""``easyetcon demo``: edit a handful of facts of the shipped fact-world model and show what changed.
+
+Loads the shipped model (no training, no download), draws counterfactual edits from the test
+split, applies a chain (ROME by default, or any chain spec), and prints, per edit, the model's
+answers before and after on the edit prompt, a held-out rephrasing and an unrelated fact, then
+the scores of the generation protocol before and after.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+#: The demo's default chain: ROME at the layer tuned for the shipped model (benchmarks/intrinsic_tune.py).
+DEFAULT_DEMO_CHAIN = [{"editor": "rome", "layer": 1, "statistics": {"source": "world", "samples": 2000, "progress": False}}]
+
+
+@click.command("demo")
+@click.option("--chain", "chain_path", type=click.Path(dir_okay=False, exists=True),
+              help="Chain spec to apply instead of the default (ROME).")
+@click.option("--edits", type=click.IntRange(1, 50), default=5, show_default=True, help="How many facts to edit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which facts are edited.")
+def demo_command(chain_path: str | None, edits: int, seed: int) -> None:
+    """Edit a few facts of the shipped fact-world model and print before/after answers and scores."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from easyetcon.chain import EditChain
+    from easyetcon.model import load_model
+    from easyetcon.plugins import get_host
+    from easyetcon.spec import load_chain_spec
+    from easyetcon_world.edits import make_edit_requests
+    from easyetcon_world.shipped import default_model_path, load_world
+
+    try:
+        from easyetcon_eval import compute_baseline, evaluate_edits
+    except ImportError:
+        raise click.ClickException("the demo scores edits with the built-in eval plugin (easyetcon_eval), which is not importable") from None
+
+    console = Console()
+    started = time.perf_counter()
+    host = get_host()
+    chain = load_chain_spec(chain_path)[1] if chain_path else EditChain(DEFAULT_DEMO_CHAIN, host=host)
+    # The shipped model loads like any Hugging Face model folder.
+    model = load_model(default_model_path(), registry=host.registry)
+    world = load_world(default_model_path())
+    requests = make_edit_requests(world, "test", n=edits, seed=seed)
+    console.print(f"[bold]fact world[/bold]: {len(world.facts)} facts; editing {len(requests)} with {chain!r}")
+
+    probes = []  # (request, what, prompt, expected after the edit)
+    for request in requests:
+        probes.append((request, "edit", request.prompt, request.target_new))
+        if request.rephrase_prompts:
+            probes.append((request, "rephrase", request.rephrase_prompts[0], request.target_new))
+        unrelated = [p for p in request.locality if p.kind == "other-subject"] or request.locality
+        if unrelated:
+            probes.append((request, "unrelated", unrelated[0].prompt, unrelated[0].answer))
+    prompts = [prompt for _, _, prompt, _ in probes]
+
+    baseline = compute_baseline(model, requests, protocols=("generation",))
+    before_scores = evaluate_edits(model, requests, protocols=("generation",), baseline=baseline).summary()
+    before = model.generate(prompts, max_new_tokens=8, stop=("\n", "."))
+    chain.apply(model, requests, progress=True)
+    after = model.generate(prompts, max_new_tokens=8, stop=("\n", "."))
+    after_scores = evaluate_edits(model, requests, protocols=("generation",), baseline=baseline).summary()
+
+    table = Table(title="answers before and after the edits (greedy generation)")
+    for column in ("prompt", "kind", "before", "after", "wanted"):
+        table.add_column(column, overflow="fold")
+    for (request, what, prompt, wanted), old, new in zip(probes, before, after):
+        mark = "[green]✓[/green]" if new.strip() == wanted else "[red]✗[/red]"
+        table.add_row(prompt, what, old.strip(), f"{new.strip()} {mark}", wanted)
+    console.print(table)
+
+    scores = Table(title="generation protocol (exact match)")
+    scores.add_column("metric")
+    scores.add_column("before")
+    scores.add_column("after")
+    (key,) = [k for k in after_scores if k.startswith("generation@")]
+    for metric in ("reliability", "generalization", "locality", "portability"):
+        old, new = before_scores[key].get(metric), after_scores[key].get(metric)
+        scores.add_row(metric, "–" if old is None else f"{old:.2f}", "–" if new is None else f"{new:.2f}")
+    console.print(scores)
+    console.print(f"done in {time.perf_counter() - started:.1f} s (scores: {key}; locality = answers unchanged)")
+
+

@@ -1,0 +1,245 @@
+"""What a model knows about a world: accuracy on its facts in every form, with exact ground truth.
+
+Protocol ``easyetcon-world-knowledge/1``:
+
+* ``train_phrasings`` / ``heldout_phrasings``: cloze prompts with the templates pretraining used
+  for the fact / held out for it. Two scores each: ``greedy`` (the greedy continuation starts
+  with `` object`` as a whole word) and ``teacher_forced`` (argmax is right at every object token).
+* ``qa`` / ``qa_heldout``: ``Question: ... Answer:`` generated greedily; the text inside
+  ``<answer> ... </answer>`` must equal the object after strip.
+* ``multi_hop_reasoning``: multi-hop questions whose reasoning form pretraining never showed for
+  this subject; the model must generate the chain and then the answer (greedy, exact match).
+  ``multi_hop_reasoning_seen`` scores the ones it did see; ``multi_hop_plain`` the held-out ones
+  asked as one cloze prompt (no chain to write down, so usually much lower).
+
+For a world built from a dataset file only ``statements`` is scored: each taught prompt, greedy
+and teacher-forced, like the phrasings above.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from easyetcon_world.corpus import reasoning_chain
+from easyetcon_world.relations import (
+    RELATIONS,
+    TWO_HOPS,
+    continuation_matches,
+    extract_answer,
+    qa_prompt,
+)
+
+if TYPE_CHECKING:
+    from easyetcon_world.from_dataset import DatasetWorld
+    from easyetcon_world.world import World
+
+PROTOCOL = "easyetcon-world-knowledge/1"
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 128
+) -> list[str]:
+    """Greedy continuation text of each prompt (left-padded batches, stops at ``<eos>``)."""
+    outputs: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(
+                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
+            )
+            batch = {k: v.to(_device(model)) for k, v in batch.items()}
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new = generated[:, batch["input_ids"].shape[1] :]
+            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+@torch.no_grad()
+def teacher_forced_correct(
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 128
+) -> list[bool]:
+    """Whether the argmax prediction is right at every token of `` answer`` after its prompt."""
+    results: list[bool] = []
+    for start in range(0, len(prompts), batch_size):
+        rows, spans = [], []
+        for prompt, answer in zip(
+            prompts[start : start + batch_size], answers[start : start + batch_size]
+        ):
+            prompt_ids = tokenizer(prompt)["input_ids"]
+            answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+            rows.append(prompt_ids + answer_ids)
+            spans.append((len(prompt_ids), len(answer_ids)))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        logits = model(
+            input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model))
+        ).logits
+        predicted = logits.argmax(-1).cpu()
+        for i, (prompt_len, answer_len) in enumerate(spans):
+            # the token at position p is predicted by the logits at p - 1
+            guess = predicted[i, prompt_len - 1 : prompt_len - 1 + answer_len]
+            results.append(bool(torch.equal(guess, ids[i, prompt_len : prompt_len + answer_len])))
+    return results
+
+
+def cloze_accuracy(
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 128
+) -> dict:
+    if not prompts:
+        return {"greedy": None, "teacher_forced": None, "n": 0}
+    longest = max(len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in answers)
+    continuations = greedy_continuations(model, tokenizer, prompts, longest + 1, batch_size)
+    greedy = [continuation_matches(c, a) for c, a in zip(continuations, answers)]
+    forced = teacher_forced_correct(model, tokenizer, prompts, answers, batch_size)
+    return {
+        "greedy": sum(greedy) / len(greedy),
+        "teacher_forced": sum(forced) / len(forced),
+        "n": len(prompts),
+    }
+
+
+def qa_accuracy(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 128,
+) -> dict:
+    """Exact match of the ``<answer>`` span of greedy generations."""
+    if not prompts:
+        return {"exact_match": None, "n": 0}
+    generations = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size)
+    correct = [extract_answer(g) == a for g, a in zip(generations, answers)]
+    return {"exact_match": sum(correct) / len(correct), "n": len(prompts)}
+
+
+def measure_knowledge(
+    model,
+    tokenizer,
+    world: World | DatasetWorld,
+    *,
+    sample: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> dict:
+    """Score ``model`` on ``world`` (see the module docstring for the protocol).
+
+    ``sample`` limits the facts (and, separately, the multi-hop questions) to a random subset of
+    that many, to keep tests fast; ``None`` scores all of them.
+    """
+    rng = random.Random(f"easyetcon-knowledge:{seed}")
+    if not hasattr(
+        world, "facts"
+    ):  # a world built from a dataset file: its statements are the facts
+        statements = list(world.statements)
+        if sample is not None and sample < len(statements):
+            statements = rng.sample(statements, sample)
+        return {
+            "protocol": PROTOCOL,
+            "world": world.fingerprint()[:16],
+            "statements": cloze_accuracy(
+                model,
+                tokenizer,
+                [s.prompt for s in statements],
+                [s.answer for s in statements],
+                batch_size,
+            ),
+        }
+    facts = list(world.facts)
+    if sample is not None and sample < len(facts):
+        facts = rng.sample(facts, sample)
+
+    def cloze_items(heldout: bool) -> tuple[list[str], list[str]]:
+        prompts, answers = [], []
+        for fact in facts:
+            for t in fact.heldout_templates if heldout else fact.trained_templates:
+                prompts.append(fact.prompt(t))
+                answers.append(fact.object)
+        return prompts, answers
+
+    def qa_items(heldout: bool) -> tuple[list[str], list[str]]:
+        prompts, answers = [], []
+        for fact in facts:
+            questions = RELATIONS[fact.relation].questions
+            for q in fact.heldout_questions if heldout else fact.trained_questions:
+                prompts.append(qa_prompt(questions[q].format(s=fact.subject)))
+                answers.append(fact.object)
+        return prompts, answers
+
+    def multi_hop(trained: bool) -> list:
+        items = [q for q in world.multi_hop_questions() if q.trained == trained]
+        if sample is not None and sample < len(items):
+            items = rng.sample(items, sample)
+        return items
+
+    unseen, seen = multi_hop(False), multi_hop(True)
+
+    def reasoning(questions: list) -> dict:
+        prompts = [qa_prompt(TWO_HOPS[q.kind].question.format(s=q.subject)) for q in questions]
+        longest = max(
+            (len(tokenizer(" " + reasoning_chain(q))["input_ids"]) for q in questions), default=0
+        )
+        return qa_accuracy(
+            model, tokenizer, prompts, [q.answer for q in questions], longest + 16, batch_size
+        )
+
+    return {
+        "protocol": PROTOCOL,
+        "world": world.fingerprint()[:16],
+        "train_phrasings": cloze_accuracy(model, tokenizer, *cloze_items(False), batch_size),
+        "heldout_phrasings": cloze_accuracy(model, tokenizer, *cloze_items(True), batch_size),
+        "qa": qa_accuracy(model, tokenizer, *qa_items(False), 24, batch_size),
+        "qa_heldout": qa_accuracy(model, tokenizer, *qa_items(True), 24, batch_size),
+        "multi_hop_reasoning": reasoning(unseen),
+        "multi_hop_reasoning_seen": reasoning(seen),
+        "multi_hop_plain": cloze_accuracy(
+            model,
+            tokenizer,
+            [TWO_HOPS[q.kind].plain.format(s=q.subject) for q in unseen],
+            [q.answer for q in unseen],
+            batch_size,
+        ),
+    }
+
+
+def headline(numbers: dict) -> dict[str, float | None]:
+    """The four numbers the world is built to reach, flattened for tables and assertions."""
+    return {
+        "train_phrasings_greedy": numbers["train_phrasings"]["greedy"],
+        "train_phrasings_teacher_forced": numbers["train_phrasings"]["teacher_forced"],
+        "heldout_phrasings_greedy": numbers["heldout_phrasings"]["greedy"],
+        "heldout_phrasings_teacher_forced": numbers["heldout_phrasings"]["teacher_forced"],
+        "multi_hop_reasoning": numbers["multi_hop_reasoning"]["exact_match"],
+        "qa": numbers["qa"]["exact_match"],
+    }
+
+
+FLOORS = {
+    "train_phrasings_greedy": 0.95,
+    "heldout_phrasings_greedy": 0.80,
+    "multi_hop_reasoning": 0.60,
+    "qa": 0.90,
+}

@@ -1,0 +1,286 @@
+"""The fact world as an easyetcon plugin: the ``fact-world`` dataset and the ``world`` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from easyetcon.hookspecs import hookimpl
+from easyetcon.requests import EditRequest, save_requests
+from easyetcon_world.relations import RELATIONS
+from easyetcon_world.world import PRESETS
+
+
+class FactWorldDatasetConfig(BaseModel):
+    """Options of the ``fact-world`` dataset: which world, which split, how many edits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(default="default", description=f"world size: one of {', '.join(PRESETS)}")
+    seed: int = Field(
+        default=0, description="world seed (the shipped model is preset default, seed 0)"
+    )
+    split: Literal["tune", "test"] = "test"
+    n: int | None = Field(
+        default=None, ge=1, description="number of edits; all of the split if unset"
+    )
+    edit_seed: int = Field(default=0, description="which facts are edited and to what")
+    relations: list[str] | None = Field(
+        default=None,
+        description="relations to edit; default: the person facts (lives_in, born_in, works_for)",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("relations")
+    @classmethod
+    def _known_relations(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or []) - set(RELATIONS))
+        if unknown:
+            raise ValueError(f"unknown relations {unknown}; choose from: {', '.join(RELATIONS)}")
+        return value
+
+
+def load_fact_world(config: FactWorldDatasetConfig) -> list[EditRequest]:
+    """Counterfactual edit requests of a generated world (see :mod:`easyetcon_world.edits`)."""
+    from easyetcon_world.edits import make_edit_requests
+    from easyetcon_world.world import build_world
+
+    world = build_world(config.preset, config.seed)
+    return make_edit_requests(
+        world, config.split, config.n, config.edit_seed, relations=config.relations
+    )
+
+
+@hookimpl
+def easyetcon_register_datasets(register) -> None:
+    register(
+        "fact-world",
+        load_fact_world,
+        config=FactWorldDatasetConfig,
+        summary="Counterfactual edits of a generated fact world, exact ground truth, shipped tiny Llama",
+    )
+
+
+@hookimpl
+def easyetcon_register_commands(cli: click.Group) -> None:
+    from easyetcon_world.demo import demo_command
+
+    cli.add_command(world_group)
+    cli.add_command(demo_command)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands. Heavy imports (torch, transformers) happen inside them, so `easyetcon --help` is fast.
+# ---------------------------------------------------------------------------------------------
+
+preset_option = click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="default",
+    show_default=True,
+    help="world size",
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="world seed")
+
+
+@click.group("world")
+def world_group() -> None:
+    """The generated fact world: pretrain its tiny model, inspect it, export its edits."""
+
+
+@world_group.command("build")
+@preset_option
+@seed_option
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where pretrained worlds are cached [default: $EASYETCON_CACHE/worlds or ~/.cache/easyetcon/worlds]",
+)
+@click.option(
+    "--retrain", is_flag=True, help="train even if a cached (or the shipped) model matches"
+)
+@click.option("--sample", type=int, default=None, help="measure knowledge on this many facts only")
+def build_command(
+    preset: str, seed: int, cache_dir: Path | None, retrain: bool, sample: int | None
+) -> None:
+    """Pretrain the world's model (or load it from the cache) and print what it knows."""
+    from rich.console import Console
+
+    from easyetcon_world.knowledge import PROTOCOL, measure_knowledge
+    from easyetcon_world.pretraining import (
+        default_train_config,
+        pretrain,
+        record_knowledge,
+    )
+    from easyetcon_world.shipped import load_pretrained
+    from easyetcon_world.world import build_world
+
+    console = Console()
+    world = build_world(preset, seed)
+    config = default_train_config(preset)
+    directory = None if retrain else _matching_shipped_model(world, config)
+    if directory is not None:
+        console.print(f"using the shipped model (same world and recipe): {directory}")
+    else:
+        directory = pretrain(world, config, cache_dir=cache_dir, force=retrain)
+        console.print(f"world model: {directory}")
+    model, tokenizer, _ = load_pretrained(directory)
+    stored = directory / "knowledge.json"
+    numbers = json.loads(stored.read_text()) if stored.is_file() and sample is None else None
+    if numbers is None or numbers.get("protocol") != PROTOCOL:
+        with console.status("measuring knowledge"):
+            numbers = measure_knowledge(model, tokenizer, world, sample=sample)
+        if sample is None and _writable(directory):
+            record_knowledge(directory, numbers)
+    console.print(knowledge_table(numbers))
+
+
+@world_group.command("info")
+@preset_option
+@seed_option
+def info_command(preset: str, seed: int) -> None:
+    """Sizes, relations and facts of a world, where its model is cached, and the shipped default."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from easyetcon_world.edits import editable_facts
+    from easyetcon_world.pretraining import cache_key, cache_root, default_train_config
+    from easyetcon_world.shipped import default_model_path, has_default_model
+    from easyetcon_world.world import build_world
+
+    world = build_world(preset, seed)
+    summary = world.summary()
+    table = Table(title=f"fact world: preset {preset!r}, seed {seed}", show_header=False)
+    table.add_row("entities", ", ".join(f"{n} {k}" for k, n in summary["entities"].items()))
+    table.add_row(
+        "relations",
+        ", ".join(f"{r} ({len(spec.templates)} templates)" for r, spec in RELATIONS.items()),
+    )
+    table.add_row("facts", str(summary["facts"]))
+    table.add_row(
+        "multi-hop questions",
+        f"{summary['multi_hop_questions']} ({summary['multi_hop_in_pretraining']} shown in pretraining)",
+    )
+    table.add_row(
+        "edits (tune / test)",
+        f"{len(editable_facts(world, 'tune'))} / {len(editable_facts(world, 'test'))}",
+    )
+    entry = cache_root() / cache_key(world, default_train_config(preset))
+    table.add_row("cache entry", f"{entry} ({'present' if entry.is_dir() else 'not built'})")
+    shipped = default_model_path()
+    table.add_row(
+        "shipped default", f"{shipped} ({'present' if has_default_model() else 'missing'})"
+    )
+    Console().print(table)
+
+
+@world_group.command("export")
+@preset_option
+@seed_option
+@click.option("--split", type=click.Choice(["tune", "test"]), default="test", show_default=True)
+@click.option(
+    "--n", "count", type=int, default=None, help="number of edits [default: the whole split]"
+)
+@click.option("--edit-seed", type=int, default=0, show_default=True)
+@click.option(
+    "--relation",
+    "relations",
+    multiple=True,
+    type=click.Choice(list(RELATIONS)),
+    help="edit this relation (repeatable) [default: the person facts]",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["easyetcon", "knowedit"]),
+    default="easyetcon",
+    show_default=True,
+)
+def export_command(
+    preset: str,
+    seed: int,
+    split: str,
+    count: int | None,
+    edit_seed: int,
+    relations: tuple[str, ...],
+    out: Path,
+    fmt: str,
+) -> None:
+    """Write the world's counterfactual edit requests to a JSON file."""
+    from easyetcon_world.edits import make_edit_requests, to_knowedit
+    from easyetcon_world.world import build_world
+
+    world = build_world(preset, seed)
+    requests = make_edit_requests(world, split, count, edit_seed, relations=list(relations) or None)
+    if fmt == "knowedit":
+        out.write_text(json.dumps(to_knowedit(requests), indent=1), encoding="utf-8")
+    else:
+        save_requests(requests, out)
+    click.echo(f"wrote {len(requests)} {split} edits ({fmt}) to {out}")
+
+
+def knowledge_table(numbers: dict):
+    """A rich table of a :func:`measure_knowledge` result."""
+    from rich.table import Table
+
+    from easyetcon_world.knowledge import FLOORS
+
+    table = Table(title=f"knowledge ({numbers['protocol']})")
+    for column in ("measure", "accuracy", "floor", "n"):
+        table.add_column(column)
+    rows = [  # (row name, measure, score)
+        ("train_phrasings_greedy", "train_phrasings", "greedy"),
+        ("train_phrasings_teacher_forced", "train_phrasings", "teacher_forced"),
+        ("heldout_phrasings_greedy", "heldout_phrasings", "greedy"),
+        ("heldout_phrasings_teacher_forced", "heldout_phrasings", "teacher_forced"),
+        ("qa", "qa", "exact_match"),
+        ("qa_heldout", "qa_heldout", "exact_match"),
+        ("multi_hop_reasoning", "multi_hop_reasoning", "exact_match"),
+        ("multi_hop_reasoning_seen", "multi_hop_reasoning_seen", "exact_match"),
+        ("multi_hop_plain_greedy", "multi_hop_plain", "greedy"),
+    ]
+    for name, measure, score in rows:
+        value, floor = numbers[measure][score], FLOORS.get(name)
+        table.add_row(
+            name,
+            "-" if value is None else f"{value:.3f}",
+            "" if floor is None else f"{floor:.2f}",
+            str(numbers[measure]["n"]),
+        )
+    return table
+
+
+def _matching_shipped_model(world, config) -> Path | None:
+    from easyetcon_world.shipped import (
+        default_model_path,
+        has_default_model,
+        load_world,
+    )
+
+    if not has_default_model():
+        return None
+    shipped = default_model_path()
+    stored = json.loads((shipped / "train_config.json").read_text())["train"]
+    if load_world(shipped).fingerprint() == world.fingerprint() and stored == config.model_dump(
+        mode="json"
+    ):
+        return shipped
+    return None
+
+
+def _writable(directory: Path) -> bool:
+    import os
+
+    return os.access(directory, os.W_OK)

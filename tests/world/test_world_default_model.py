@@ -1,0 +1,83 @@
+"""The shipped default world model: present, intact, plain to load, and knowledgeable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from easyetcon_world import (
+    build_world,
+    default_model_path,
+    default_train_config,
+    load_pretrained,
+    make_edit_requests,
+    measure_knowledge,
+)
+from easyetcon_world.knowledge import FLOORS, headline, teacher_forced_correct
+from easyetcon_world.pretraining import verify_directory
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # generation is many small matmuls: on a shared 2-core machine one thread is several times faster
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    directory = default_model_path()
+    assert (directory / "model.safetensors").is_file(), (
+        "the shipped default model is missing; run `python -m easyetcon_world.build_default`"
+    )
+    return load_pretrained(directory)
+
+
+def test_shipped_directory_is_intact_small_and_matches_the_generator():
+    directory = default_model_path()
+    assert verify_directory(directory) == []
+    megabytes = sum(p.stat().st_size for p in directory.iterdir()) / 2**20
+    assert megabytes < 20, f"{megabytes:.1f} MB"
+    world = json.loads((directory / "world.json").read_text())
+    assert world["config"]["preset"] == "default"
+    # if world generation or the recipe changed, the shipped model no longer fits: rebuild it
+    assert build_world("default", world["config"]["seed"]).model_dump(mode="json") == world
+    stored = json.loads((directory / "train_config.json").read_text())["train"]
+    assert stored == default_train_config("default").model_dump(mode="json")
+
+
+def test_plain_auto_classes_load_it_in_float32():
+    model = AutoModelForCausalLM.from_pretrained(default_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert next(model.parameters()).dtype == torch.float32
+    ids = tokenizer("Hello", return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+
+
+def test_knowledge_on_a_sample_meets_the_floors(shipped):
+    model, tokenizer, world = shipped
+    numbers = headline(measure_knowledge(model, tokenizer, world, sample=100, seed=1))
+    for name, floor in FLOORS.items():
+        assert numbers[name] >= floor, (name, numbers[name])
+
+
+def test_stored_full_measurement_meets_the_floors():
+    stored = headline(json.loads((default_model_path() / "knowledge.json").read_text()))
+    for name, floor in FLOORS.items():
+        assert stored[name] >= floor, (name, stored[name])
+
+
+def test_model_holds_the_old_fact_of_edit_requests_and_not_the_new_one(shipped):
+    model, tokenizer, world = shipped
+    requests = make_edit_requests(world, "test", n=60, seed=0)
+    prompts = [r.prompt for r in requests]
+    old = teacher_forced_correct(model, tokenizer, prompts, [r.ground_truth for r in requests])
+    new = teacher_forced_correct(model, tokenizer, prompts, [r.target_new for r in requests])
+    assert sum(old) >= 0.95 * len(requests)
+    assert sum(new) == 0
