@@ -1,0 +1,117 @@
+"""Shared helpers of the intrinsic-editing benchmarks (``benchmarks/intrinsic_*.py``).
+
+The benchmarks run on the fact world's shipped model (``easyetcon_world``) and score with the
+evaluation plugin (``easyetcon_eval``). Editor options come from ``intrinsic_configs.json``
+(chosen with ``intrinsic_tune.py`` on the world's ``tune`` split); ``--configs`` replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIGS = HERE / "intrinsic_configs.json"
+RESULTS = HERE / "results"
+EDITORS = ("ft-l", "ft-m", "rome", "memit", "alphaedit")
+METRICS = ("reliability", "generalization", "locality", "portability")
+
+
+def common_arguments(parser: argparse.ArgumentParser, *, edits: int, editors: str = ",".join(EDITORS)) -> None:
+    parser.add_argument("--editors", default=editors, help=f"comma-separated, from {', '.join(EDITORS)}")
+    parser.add_argument("--edits", type=int, default=edits, help="number of edit requests")
+    parser.add_argument("--split", default="test", choices=("tune", "test"), help="fact-world split")
+    parser.add_argument("--edit-seed", type=int, default=0, help="which facts are edited, and to what")
+    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="JSON: editor -> options")
+    parser.add_argument("--model", default=None, help="world model folder (default: the shipped one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+
+
+def parse_editors(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EDITORS]
+    if unknown:
+        raise SystemExit(f"unknown editor(s) {unknown}; choose from {', '.join(EDITORS)}")
+    return names
+
+
+def load_configs(path: Path) -> dict[str, dict[str, Any]]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {name: options for name, options in data.items() if not name.startswith("_")}
+
+
+def load_world_model(folder: str | None) -> tuple[Any, Any, str]:
+    """``(EditableModel, world, folder)`` of the shipped (or given) world model."""
+    from easyetcon.model import load_model
+    from easyetcon_world import default_model_path, has_default_model, load_world
+
+    if folder is None:
+        if not has_default_model():
+            raise SystemExit("the fact world's shipped model is missing (plugins/easyetcon_world/assets/default)")
+        folder = str(default_model_path())
+    model = load_model(folder)
+    model.torch_model.eval()
+    return model, load_world(folder), folder
+
+
+def world_requests(world: Any, split: str, count: int, seed: int) -> list[Any]:
+    from easyetcon_world import make_edit_requests
+
+    return make_edit_requests(world, split, count, seed)
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **{key: str(value) for key, value in vars(args).items()},
+    }
+
+
+def mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metric_table(rows: dict[str, dict[str, dict[str, Any]]], protocols: list[str]) -> str:
+    """Markdown table: one row per (editor, protocol) with the four metrics."""
+    lines = ["| editor | protocol | " + " | ".join(METRICS) + " | n |", "|---|---|" + "---|" * (len(METRICS) + 1)]
+    for editor, summary in rows.items():
+        for key in protocols:
+            row = summary.get(key, {})
+            lines.append(f"| {editor} | {key} | " + " | ".join(fmt(row.get(m)) for m in METRICS) + f" | {fmt(row.get('n'))} |")
+    return "\n".join(lines)

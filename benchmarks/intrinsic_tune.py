@@ -1,0 +1,137 @@
+"""Choose the intrinsic editors' hyperparameters on the fact world's ``tune`` split.
+
+    python benchmarks/intrinsic_tune.py --editors rome --edits 30 --out benchmarks/results/intrinsic_tune_rome.json
+    python benchmarks/intrinsic_tune.py --editors alphaedit --sequential --edits 100 \\
+        --grid '{"energy_fraction": [0.95, 0.99]}' --out benchmarks/results/intrinsic_tune_alphaedit_seq.json
+
+Every point of a grid (the product of the listed option values, on top of the editor's entry in
+``--configs``) is scored with single edits (default) or one sequential run (``--sequential``),
+under the generation protocol. The best point has the highest reliability + generalization +
+locality among the points whose reliability reaches ``--min-reliability`` (all points when none
+does).
+``--write-configs`` stores each editor's best options back into ``--configs``. The ``test``
+split is never used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from intrinsic_common import (  # noqa: E402
+    environment,
+    fmt,
+    load_configs,
+    load_world_model,
+    parse_editors,
+    world_requests,
+    write_json,
+)
+from intrinsic_single import single_edits  # noqa: E402
+
+#: The grids searched by default, per editor (option -> values).
+GRIDS = {
+    "ft-l": {"layers": [[1], [2], [3]], "learning_rate": [1e-3, 5e-3]},
+    "ft-m": {"layers": [[1], [2], [3]], "learning_rate": [1e-3, 5e-3]},
+    "rome": {"layer": [0, 1, 2], "clamp_norm_factor": [4.0, 10.0]},
+    "memit": {"layers": [[0, 1], [1, 2], [0, 1, 2]], "covariance_weight": [100.0, 1000.0, 10000.0]},
+    "alphaedit": {"layers": [[0, 1], [1, 2], [0, 1, 2]], "energy_fraction": [0.9, 0.99]},
+}
+OBJECTIVE = ("reliability", "generalization", "locality")
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def objective(summary: dict) -> float:
+    row = next((v for k, v in summary.items() if k.startswith("generation@")), {})
+    return sum(row.get(m) or 0.0 for m in OBJECTIVE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--editors", default="ft-m,rome,memit,alphaedit")
+    parser.add_argument("--edits", type=int, default=30)
+    parser.add_argument("--edit-seed", type=int, default=0)
+    parser.add_argument("--sequential", action="store_true", help="score one sequential run per point instead of single edits")
+    parser.add_argument("--min-reliability", type=float, default=0.0, help="prefer points whose generation reliability reaches this")
+    parser.add_argument("--grid", default=None, help="JSON object option -> values, replacing the default grid")
+    parser.add_argument("--configs", type=Path, default=Path(__file__).resolve().parent / "intrinsic_configs.json")
+    parser.add_argument("--write-configs", action="store_true", help="store the best options into --configs")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    editors = parse_editors(args.editors)
+    configs = load_configs(args.configs)
+
+    from easyetcon.chain import EditChain
+    from easyetcon.model import load_model
+    from easyetcon_eval import compute_baseline, run_lifelong
+
+    model, world, folder = load_world_model(args.model)
+    requests = world_requests(world, "tune", args.edits, args.edit_seed)
+    protocols = ("generation",)
+    baseline = compute_baseline(model, requests, protocols=protocols)
+    output = {"environment": environment(args), "model": folder, "split": "tune", "trials": {}, "best": {}}
+    for editor in editors:
+        grid = json.loads(args.grid) if args.grid else GRIDS[editor]
+        trials = []
+        for point in grid_points(grid):
+            options = {**configs.get(editor, {}), **point}
+            started = time.perf_counter()
+            try:
+                if args.sequential:
+                    result = run_lifelong(model, EditChain([(editor, options)]), requests, schedule="end",
+                                          protocols=protocols, baseline=baseline, progress=False)
+                    summary = result.final
+                    model = load_model(folder)  # the next point starts from the unedited model
+                    model.torch_model.eval()
+                else:
+                    summary, _, _ = single_edits(model, requests, editor, options, baseline, protocols=protocols, log=lambda _: None)
+                error = None
+            except Exception as exc:  # a diverging setting is a result, not a crash
+                summary, error = {}, f"{type(exc).__name__}: {exc}"
+            trial = {"point": point, "options": options, "summary": summary, "objective": objective(summary),
+                     "seconds": time.perf_counter() - started, "error": error}
+            trials.append(trial)
+            row = next((v for k, v in summary.items() if k.startswith("generation@")), {})
+            print(f"{editor} {json.dumps(point)}: " + ", ".join(f"{m} {fmt(row.get(m))}" for m in OBJECTIVE)
+                  + f" -> {trial['objective']:.3f} ({trial['seconds']:.0f}s){' ' + error if error else ''}", flush=True)
+            output["trials"][editor] = trials
+            write_json(args.out, output)
+        def reliable(trial: dict) -> bool:
+            row = next((v for k, v in trial["summary"].items() if k.startswith("generation@")), {})
+            return (row.get("reliability") or 0.0) >= args.min_reliability
+
+        candidates = [t for t in trials if reliable(t)] or trials
+        best = max(candidates, key=lambda t: (t["objective"], -t["seconds"]))
+        output["best"][editor] = best
+        configs[editor] = best["options"]
+        write_json(args.out, output)
+        print(f"best {editor}: {json.dumps(best['point'])} objective {best['objective']:.3f}\n", flush=True)
+    if args.write_configs:
+        stored = json.loads(args.configs.read_text(encoding="utf-8")) if args.configs.is_file() else {}
+        for editor in editors:
+            stored[editor] = configs[editor]
+        stored["_tuned_with"] = stored.get("_tuned_with", {}) | {e: " ".join(sys.argv) for e in editors}
+        args.configs.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
+        print(f"stored the best options in {args.configs}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""easyetcon built-in plugin: intrinsic."""

@@ -1,0 +1,165 @@
+"""AlphaEdit: MEMIT's update projected onto the null space of preserved knowledge (Fang et al., ICLR 2025).
+
+MEMIT trades new facts against old ones through the ``λ C`` term; AlphaEdit removes the trade-off.
+With ``P`` the projector onto the directions that the keys of ordinary text (second moment ``C``)
+do not use, every update has the form ``Δ P``, so ``(W + Δ P) k₀ = W k₀`` for preserved keys
+``k₀``: the model's outputs on them are untouched by construction. For each layer (as in MEMIT,
+:mod:`.memit`, steps 1-2) the update is the paper's eq. 9
+
+    Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹
+
+where ``K_p`` are the keys of the edits made *before* this batch: the editor accumulates
+``K_p K_pᵀ`` per layer across sequential calls, so new edits also leave earlier edits alone.
+
+The null space is chosen from the eigenvalues of ``C`` by a rule (``nullspace_rule``):
+``"energy"`` protects the top eigenvectors holding ``energy_fraction`` of the spectrum's energy
+(robust to the activation scale), ``"absolute"`` projects onto eigenvalues below
+``nullspace_threshold`` (the paper's rule). ``α`` is ``l2 × E‖k‖²`` (scale-free).
+
+Editor state: per model and layer a ``d × d`` projector and ``K_p K_pᵀ`` (fp64), so the cost
+of an edit does not grow with the number of earlier edits. Undoing a chain step does not
+remove its keys from ``K_p K_pᵀ``; use a new editor to start over.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+from easyetcon_intrinsic.keys import activations_at, fact_positions, make_prefixes, fact_keys
+from easyetcon_intrinsic.layers import default_span_size, resolve_layers
+from easyetcon_intrinsic.solve import add_to_weight, nullspace_projector, projected_update
+from easyetcon_intrinsic.values import ValueOptimisation, optimise_value
+
+
+class AlphaEditConfig(BaseModel):
+    """Options of ``alphaedit``. Defaults follow the paper's Llama-3 settings where they are scale-free."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: list[int] | Literal["auto", "trace"] = Field(
+        default="auto",
+        description="layers the update is spread over: indices, 'auto' (early-middle span from the model's "
+        "depth) or 'trace' (the span with the largest causal effect on the first requests)",
+    )
+    fact_token: Literal["subject_last", "last"] = Field(
+        default="subject_last",
+        description="where keys are read and values written: the subject's last token (the papers) or the "
+        "prompt's last token (ROME's 'last' strategy: specific to subject and relation)",
+    )
+    prefixes: int = Field(default=10, ge=0, le=100, description="prefix contexts keys and values are averaged over")
+    prefix_length: int = Field(default=10, ge=1, le=64, description="tokens per generated prefix")
+    prefix_source: Literal["generated", "fixed"] = "generated"
+    steps: int = Field(default=25, ge=1, le=1000, description="optimisation steps for each target hidden state")
+    learning_rate: float = Field(default=0.1, gt=0, description="Adam learning rate of δ")
+    kl_factor: float = Field(default=0.0625, ge=0, description="weight of the KL term on the essence prompts")
+    weight_decay: float = Field(default=0.01, ge=0, description="weight of (‖δ‖/‖h‖)² (scale-free; the papers' ‖δ‖/‖h‖² is ~0 at their scale)")
+    clamp_norm_factor: float = Field(default=0.75, gt=0, description="‖δ‖ is clamped to this × ‖h‖")
+    stop_nll: float = Field(default=0.05, ge=0, description="stop optimising once the target NLL is below this")
+    kl_prompts: list[str] = Field(default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in")
+    kl_continuation_tokens: int = Field(
+        default=0, ge=0, le=256,
+        description="0: KL at the end of each essence prompt (the paper); N: KL over the model's own N-token "
+        "continuation of each, sentence by sentence, leaving out sentences that state the edited fact",
+    )
+    nullspace_rule: Literal["energy", "absolute"] = Field(default="energy", description="how the null space of C is chosen")
+    energy_fraction: float = Field(
+        default=0.99, gt=0, le=1, description="rule 'energy': share of C's spectral energy that is protected"
+    )
+    nullspace_threshold: float = Field(default=1e-2, gt=0, description="rule 'absolute': eigenvalues below this span the null space")
+    l2: float = Field(default=1e-3, gt=0, description="α = l2 · E‖k‖², the ridge of the solve")
+    statistics: StatisticsConfig = Field(default_factory=StatisticsConfig, description="where C comes from")
+
+    @field_validator("layers")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one layer")
+        return value
+
+    @field_validator("kl_prompts")
+    @classmethod
+    def _has_subject(cls, value: list[str]) -> list[str]:
+        bad = [prompt for prompt in value if "{subject}" not in prompt]
+        if bad:
+            raise ValueError(f"every essence prompt needs a '{{subject}}' placeholder; these have none: {bad}")
+        return value
+
+
+class AlphaEdit:
+    """The ``alphaedit`` editor. Keeps, per model: layers, prefixes, projectors and ``K_p K_pᵀ``."""
+
+    def __init__(self, config: AlphaEditConfig) -> None:
+        self.config = config
+        self.statistics = LayerStatistics(config.statistics)
+        self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._projectors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: P}
+        self._edited_moments: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: K_p K_pᵀ}
+
+    def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
+        if model.torch_model not in self._layers:
+            count = default_span_size(model.adapter.num_layers(model.torch_model))
+            self._layers[model.torch_model] = resolve_layers(model, self.config.layers, requests, count=count, option="layers")
+        return self._layers[model.torch_model]
+
+    def prefixes(self, model: Any) -> list[str]:
+        if model.torch_model not in self._prefixes:
+            config = self.config
+            self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
+        return self._prefixes[model.torch_model]
+
+    def projector(self, model: Any, layer: int) -> torch.Tensor:
+        """``P`` onto the null space of the layer's key statistics (computed once per model)."""
+        projectors = self._projectors.setdefault(model.torch_model, {})
+        if layer not in projectors:
+            moment = self.statistics.get(model, [layer])[layer].mom2
+            projectors[layer] = nullspace_projector(
+                moment, rule=self.config.nullspace_rule, energy_fraction=self.config.energy_fraction,
+                threshold=self.config.nullspace_threshold,
+            )
+        return projectors[layer]
+
+    def edited_moment(self, model: Any, layer: int) -> torch.Tensor | None:
+        """``K_p K_pᵀ`` of the keys this editor has already written at ``layer`` (``None`` before the first edit)."""
+        return self._edited_moments.get(model.torch_model, {}).get(layer)
+
+    def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
+        return [model.adapter.weight_name("mlp_out", layer) for layer in self.layers(model, requests)]
+
+    def edit(self, model: Any, requests: Sequence[Any]) -> None:
+        for request in requests:
+            request.require_subject_in_prompt()
+        layers = self.layers(model, requests)
+        prefixes = self.prefixes(model)
+        statistics = self.statistics.get(model, layers)
+        last_block = model.adapter.blocks(model.torch_model)[layers[-1]]
+        prompts = [r.prompt for r in requests]
+        positions = fact_positions(
+            model.tokenizer, prompts, [r.subject for r in requests], [r.request_id for r in requests], self.config.fact_token
+        )
+
+        # 1. the hidden state after the last edited layer that states each target (as in MEMIT)
+        settings = ValueOptimisation.from_config(self.config)
+        values = [optimise_value(model, last_block, request, prefixes, settings) for request in requests]
+        targets = torch.stack([value.original + value.delta for value in values])
+
+        # 2. spread the residual over the layers, each update confined to the null space
+        for index, layer in enumerate(layers):
+            keys = fact_keys(model, layer, requests, prefixes, self.config.fact_token)
+            current = activations_at(model, last_block, prompts, positions, which="output")
+            residuals = (targets - current) / (len(layers) - index)
+            alpha = self.config.l2 * float(torch.trace(statistics[layer].mom2.double()))
+            update = projected_update(keys, residuals, self.projector(model, layer), self.edited_moment(model, layer), l2=alpha)
+            add_to_weight(model, layer, update)
+
+        # 3. remember the keys just written, so later edits leave them alone
+        moments = self._edited_moments.setdefault(model.torch_model, {})
+        for layer in layers:
+            keys = fact_keys(model, layer, requests, prefixes, self.config.fact_token).double()
+            moments[layer] = moments[layer] + keys.T @ keys if layer in moments else keys.T @ keys

@@ -1,0 +1,400 @@
+"""Second-moment statistics of MLP keys, streamed from any text source and cached on disk.
+
+ROME, MEMIT and AlphaEdit need ``C = E[k kᵀ]``, the uncentred second moment of a layer's keys
+(the inputs of its MLP output projection) over ordinary text: ROME and MEMIT to spread an
+update along directions the layer rarely sees, AlphaEdit to find the directions it never sees.
+
+* Text comes from a ``datasets`` dataset (local files or a hub id), the fact world's corpus,
+  samples drawn from the model itself, or any iterable of strings (:meth:`LayerStatistics.use_texts`).
+* Keys are accumulated in fp32 per batch and summed in fp64, with a progress bar; the forward
+  pass stops at the deepest layer needed.
+* Results are cached under ``$EASYETCON_CACHE/stats`` (default ``~/.cache/easyetcon/stats``),
+  keyed by the model's weights hash, the module, the corpus and the sample count. An unreadable
+  or mismatching cache file is reported and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from easyetcon.errors import ConfigError
+from easyetcon_intrinsic.keys import StopForward, pad_id_of
+
+CACHE_ENV = "EASYETCON_CACHE"
+CACHE_FORMAT = 1
+SOURCES = ("auto", "world", "model-samples", "dataset:<path or hub id>")
+
+
+class StatisticsConfig(BaseModel):
+    """Where the key statistics come from and how many texts they use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        default="auto",
+        description=(
+            "'world' (the fact world's corpus of a world model), 'model-samples' (text sampled from the "
+            "model, offline), 'dataset:<path or hub id>' (a datasets dataset: a saved folder, a "
+            ".json/.jsonl/.txt/.csv/.parquet file, or a hub id when online), or 'auto' (world for a "
+            "world model, else model-samples)"
+        ),
+    )
+    samples: int = Field(default=1000, ge=1, description="number of texts")
+    max_length: int = Field(default=128, ge=4, description="tokens per text (longer texts are cut)")
+    batch_size: int = Field(default=16, ge=1, description="texts per forward pass")
+    text_column: str = Field(default="text", description="column of a dataset holding the text")
+    split: str = Field(default="train", description="split of a dataset")
+    cache: bool = Field(default=True, description="read and write the on-disk cache")
+    progress: bool = Field(default=True, description="show a progress bar while collecting")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value in ("auto", "world", "model-samples"):
+            return value
+        if value.startswith("dataset:") and value[len("dataset:") :].strip():
+            return value
+        raise ValueError(f"unknown statistics source {value!r}; use one of: {', '.join(SOURCES)}")
+
+
+@dataclass
+class SecondMoment:
+    """``mom2 = E[k kᵀ]`` (fp32, ``(d_in, d_in)``) over ``tokens`` key vectors."""
+
+    mom2: torch.Tensor
+    tokens: int
+
+
+# --------------------------------------------------------------------------------------------
+# Text sources
+# --------------------------------------------------------------------------------------------
+
+
+def world_directory(model: Any) -> Path | None:
+    """The model's folder when it is a fact-world model (a ``world.json`` beside the weights)."""
+    if not model.source:
+        return None
+    folder = Path(str(model.source)).expanduser()
+    return folder if (folder / "world.json").is_file() else None
+
+
+def world_texts(model: Any) -> tuple[Iterator[str], str]:
+    """The fact world's pretraining corpus (epoch 0) for a world model, and its identity."""
+    folder = world_directory(model)
+    if folder is None:
+        raise ConfigError(
+            f"statistics source 'world' needs a fact-world model (a folder with world.json); "
+            f"model {model.source!r} is not one. Use source 'model-samples' or 'dataset:<path>'."
+        )
+    try:
+        from easyetcon_world.corpus import CorpusConfig, epoch_documents
+        from easyetcon_world.shipped import load_world
+    except ImportError as error:
+        raise ConfigError(f"statistics source 'world' needs the easyetcon_world plugin: {error}") from None
+    world = load_world(folder)
+    return iter(epoch_documents(world, 0, CorpusConfig())), f"world:{_file_digest(folder / 'world.json')[:16]}"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def model_sample_texts(model: Any, count: int, length: int, *, batch_size: int = 16, seed: int = 0) -> Iterator[str]:
+    """``count`` texts sampled from the model (temperature 1), deterministic in ``seed``."""
+    torch_model, tokenizer = model.torch_model, model.tokenizer
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    produced = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        while produced < count:
+            rows = min(batch_size, count - produced)
+            prompt = torch.full((rows, 1), start, dtype=torch.long, device=model.device)
+            output = torch_model.generate(
+                input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
+                max_new_tokens=length, min_new_tokens=length, pad_token_id=pad_id_of(tokenizer),
+            )
+            for text in tokenizer.batch_decode(output[:, 1:], skip_special_tokens=True):
+                produced += 1
+                yield text
+
+
+def dataset_texts(spec: str, *, split: str, column: str) -> tuple[Iterator[str], str]:
+    """Texts of a ``datasets`` dataset: a ``save_to_disk`` folder, a local data file, or a hub id."""
+    import datasets
+
+    builders = {".json": "json", ".jsonl": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir() and (path / "dataset_info.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = loaded[split]
+            identity = f"{path.resolve()}:{split}:{loaded._fingerprint}"
+        elif path.is_file() and path.suffix in builders:
+            loaded = datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train")
+            identity = f"{path.resolve()}:{_file_digest(path)[:16]}"
+        elif path.exists():
+            raise ConfigError(
+                f"statistics source {spec!r} is neither a saved dataset folder nor a "
+                f"{'/'.join(builders)} file"
+            )
+        else:
+            loaded = datasets.load_dataset(spec, split=split, streaming=True)
+            identity = f"hub:{spec}:{split}"
+    except ConfigError:
+        raise
+    except Exception as error:  # datasets raises many types (offline, missing split, bad file)
+        raise ConfigError(f"cannot read statistics source dataset {spec!r} (split {split!r}): {error}") from None
+    columns = getattr(loaded, "column_names", None)
+    if columns is not None and column not in columns:
+        raise ConfigError(
+            f"statistics source dataset {spec!r} has no column {column!r}; its columns are {columns}. "
+            f"Set statistics.text_column."
+        )
+    return (row[column] for row in loaded), f"dataset:{identity}:{column}"
+
+
+def resolve_texts(model: Any, config: StatisticsConfig) -> tuple[Iterator[str], str]:
+    """The texts named by ``config.source`` and a string identifying them in the cache key."""
+    source = config.source
+    if source == "auto":
+        source = "world" if world_directory(model) is not None else "model-samples"
+    if source == "world":
+        return world_texts(model)
+    if source == "model-samples":
+        texts = model_sample_texts(model, config.samples, config.max_length, batch_size=config.batch_size)
+        return texts, f"model-samples:seed=0:length={config.max_length}"
+    return dataset_texts(source[len("dataset:") :].strip(), split=config.split, column=config.text_column)
+
+
+# --------------------------------------------------------------------------------------------
+# Collection
+# --------------------------------------------------------------------------------------------
+
+
+def _batches(texts: Iterable[str], batch_size: int, limit: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    taken = 0
+    for text in texts:
+        if taken >= limit:
+            break
+        if not isinstance(text, str) or not text.strip():
+            continue
+        batch.append(text)
+        taken += 1
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def collect_second_moments(
+    model: Any,
+    layers: Iterable[int],
+    texts: Iterable[str],
+    *,
+    samples: int,
+    max_length: int = 128,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[int, SecondMoment]:
+    """Stream ``samples`` texts through the model and return ``E[k kᵀ]`` of each layer's keys.
+
+    Padding is excluded; the forward pass ends at the deepest requested layer.
+    """
+    from tqdm.auto import tqdm
+
+    layers = sorted(set(layers))
+    torch_model, tokenizer, adapter = model.torch_model, model.tokenizer, model.adapter
+    modules = {layer: adapter.module(torch_model, "mlp_out", layer) for layer in layers}
+    sums: dict[int, torch.Tensor] = {}
+    mask_holder: list[torch.Tensor] = []
+    deepest = layers[-1]
+
+    def make_hook(layer: int):
+        def hook(_module: Any, args: tuple) -> None:
+            if not mask_holder:  # another forward pass (e.g. a lazy text source generating)
+                return
+            keys = args[0][mask_holder[0]].float()
+            moment = (keys.T @ keys).double()
+            sums[layer] = sums[layer] + moment if layer in sums else moment
+            if layer == deepest:
+                raise StopForward
+
+        return hook
+
+    handles = [modules[layer].register_forward_pre_hook(make_hook(layer)) for layer in layers]
+    was_training = torch_model.training
+    torch_model.eval()
+    tokens = 0
+    bar = tqdm(total=samples, desc=f"key statistics, layers {layers}", unit="text", disable=not progress)
+    try:
+        for batch in _batches(texts, batch_size, samples):
+            encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            mask = encoded["attention_mask"].bool().to(model.device)
+            mask_holder[:] = [mask]
+            try:
+                torch_model(
+                    input_ids=encoded["input_ids"].to(model.device), attention_mask=mask.long(), use_cache=False
+                )
+            except StopForward:
+                pass
+            finally:
+                mask_holder.clear()
+            tokens += int(mask.sum())
+            bar.update(len(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
+        torch_model.train(was_training)
+    if tokens == 0:
+        raise ConfigError("the statistics source yielded no text; check statistics.source and text_column")
+    return {layer: SecondMoment((sums[layer] / tokens).float().cpu(), tokens) for layer in layers}
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def cache_directory() -> Path:
+    """``$EASYETCON_CACHE/stats`` if set, else ``~/.cache/easyetcon/stats``."""
+    base = os.environ.get(CACHE_ENV)
+    return (Path(base) if base else Path.home() / ".cache" / "easyetcon") / "stats"
+
+
+def cache_key(weights_hash: str, module_name: str, corpus: str, samples: int, max_length: int) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT, "weights": weights_hash, "module": module_name,
+        "corpus": corpus, "samples": samples, "max_length": max_length,
+    }
+
+
+def cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_directory() / f"{digest}.pt"
+
+
+def read_cached(key: dict[str, Any]) -> SecondMoment | None:
+    """The cached statistics for ``key``; ``None`` on a miss. A damaged file warns and counts as a miss."""
+    path = cache_path(key)
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("key") != key:
+            raise ValueError("its key does not match (hash collision or edited file)")
+        mom2 = stored["mom2"]
+        if not isinstance(mom2, torch.Tensor) or mom2.dim() != 2 or mom2.shape[0] != mom2.shape[1]:
+            raise ValueError("it holds no square matrix")
+        return SecondMoment(mom2, int(stored["tokens"]))
+    except Exception as error:  # torch.load raises many types on a damaged file
+        warnings.warn(f"statistics cache file {str(path)!r} is unusable ({error}); recomputing it", stacklevel=2)
+        return None
+
+
+def write_cached(key: dict[str, Any], moment: SecondMoment) -> Path:
+    path = cache_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    torch.save({"key": key, "mom2": moment.mom2, "tokens": moment.tokens}, partial)
+    os.replace(partial, path)  # atomic: readers never see half a file
+    return path
+
+
+class LayerStatistics:
+    """Key statistics an editor needs, computed once per model and layer.
+
+    The statistics describe the model as it was when they were first needed: later edits by
+    the same editor do not trigger a recomputation (as in the ROME/MEMIT papers).
+    """
+
+    def __init__(self, config: StatisticsConfig) -> None:
+        self.config = config
+        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._texts: Iterable[str] | None = None
+        self._corpus_id: str | None = None
+        self.last_sources: dict[int, str] = {}  # layer -> "memory" | "cache" | "computed"
+
+    def use_texts(self, texts: Iterable[str], corpus_id: str | None = None) -> None:
+        """Collect statistics from ``texts`` (any iterable of strings, e.g. a ``datasets`` column)
+        instead of ``config.source``. Without ``corpus_id`` nothing is cached on disk."""
+        self._texts = texts
+        self._corpus_id = corpus_id
+        self._memo = weakref.WeakKeyDictionary()
+
+    def get(self, model: Any, layers: Iterable[int]) -> dict[int, SecondMoment]:
+        layers = sorted({layer % model.adapter.num_layers(model.torch_model) for layer in layers})
+        memo = self._memo.setdefault(model.torch_model, {})
+        missing = [layer for layer in layers if layer not in memo]
+        for layer in layers:
+            if layer in memo:
+                self.last_sources[layer] = "memory"
+        if missing:
+            memo.update(self._load_or_collect(model, missing))
+        return {layer: memo[layer] for layer in layers}
+
+    def _load_or_collect(self, model: Any, layers: list[int]) -> dict[int, SecondMoment]:
+        config = self.config
+        if self._texts is not None:
+            texts, corpus = iter(self._texts), self._corpus_id
+        else:
+            texts, corpus = None, None
+        use_cache = config.cache and (self._texts is None or corpus is not None)
+        found: dict[int, SecondMoment] = {}
+        keys: dict[int, dict[str, Any]] = {}
+        if use_cache:
+            if corpus is None:
+                corpus = self._corpus_identity(model)
+            weights = model.state_hash()
+            for layer in layers:
+                keys[layer] = cache_key(
+                    weights, model.adapter.module_name("mlp_out", layer), corpus, config.samples, config.max_length
+                )
+                cached = read_cached(keys[layer])
+                if cached is not None:
+                    found[layer] = cached
+                    self.last_sources[layer] = "cache"
+        todo = [layer for layer in layers if layer not in found]
+        if todo:
+            if texts is None:
+                texts, _ = resolve_texts(model, config)
+            collected = collect_second_moments(
+                model, todo, texts, samples=config.samples, max_length=config.max_length,
+                batch_size=config.batch_size, progress=config.progress,
+            )
+            for layer, moment in collected.items():
+                found[layer] = moment
+                self.last_sources[layer] = "computed"
+                if use_cache:
+                    write_cached(keys[layer], moment)
+        return found
+
+    def _corpus_identity(self, model: Any) -> str:
+        source = self.config.source
+        if source == "auto":
+            source = "world" if world_directory(model) is not None else "model-samples"
+        if source == "model-samples":
+            return f"model-samples:seed=0:length={self.config.max_length}"
+        if source == "world":
+            folder = world_directory(model)
+            if folder is None:
+                world_texts(model)  # raises the explanatory error
+            return f"world:{_file_digest(folder / 'world.json')[:16]}"
+        _, identity = dataset_texts(source[len("dataset:") :].strip(), split=self.config.split, column=self.config.text_column)
+        return identity

@@ -1,0 +1,124 @@
+"""Which layers to edit: depth-based defaults from the architecture adapter, or causal tracing.
+
+Facts are recalled by early-to-middle MLP layers at the subject's last token (Meng et al. 2022).
+``default_layers`` turns that into indices from the depth the adapter reports (for a 28-layer
+GPT-J: ROME layer 5, MEMIT layers 3-8, the papers' choices); ``trace_mlp_effects`` measures it
+on the model at hand: corrupt the subject's embeddings with noise, restore one layer's MLP
+output at the subject's last token, and see how much of the answer's probability comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from easyetcon.errors import ConfigError
+from easyetcon.text import encode_continuation, locate_subject_tokens
+from easyetcon_intrinsic.keys import output_tensor
+
+LayerChoice = Literal["auto", "trace"]
+
+
+def default_layers(num_layers: int, count: int = 1) -> list[int]:
+    """``count`` consecutive early-middle layers of a ``num_layers``-deep model.
+
+    One layer: ``round(0.2 (L - 1))``; a span starts at ``round(0.1 L)``.
+    """
+    count = max(1, min(count, num_layers))
+    if count == 1:
+        return [round(0.2 * (num_layers - 1))]
+    start = min(round(0.1 * num_layers), num_layers - count)
+    return list(range(start, start + count))
+
+
+def default_span_size(num_layers: int) -> int:
+    """How many layers MEMIT-style editors spread an update over: about a fifth of the depth, at least 2."""
+    return min(num_layers, max(2, round(0.2 * num_layers)))
+
+
+@torch.no_grad()
+def trace_mlp_effects(
+    model: Any, requests: Sequence[Any], *, noise_scale: float = 3.0, samples: int = 8, seed: int = 0
+) -> list[float]:
+    """Average indirect effect of each layer's MLP output at the subject's last token.
+
+    For each request: the probability ``p`` of the first token of the true answer
+    (``ground_truth``, else the model's own top token) from the clean prompt, ``p*`` with noise of
+    ``noise_scale`` × the embeddings' std added to the subject's tokens, and ``p_l`` when layer
+    ``l``'s clean MLP output is restored in the noisy run. Returns ``mean(p_l - p*)`` per layer.
+    """
+    torch_model, tokenizer, adapter = model.torch_model, model.tokenizer, model.adapter
+    num_layers = adapter.num_layers(torch_model)
+    embed = adapter.embed_module(torch_model)
+    scale = noise_scale * float(embed.weight.float().std())
+    generator = torch.Generator().manual_seed(seed)
+    effects = torch.zeros(num_layers, dtype=torch.float64)
+    for request in requests:
+        subject = locate_subject_tokens(tokenizer, request.prompt, request.subject, request_id=request.request_id)
+        ids = torch.tensor([tokenizer(request.prompt)["input_ids"]] * (samples + 1), device=model.device)
+        clean_logits = torch_model(input_ids=ids[:1]).logits[0, -1]
+        if request.ground_truth:
+            answer = encode_continuation(tokenizer, request.ground_truth)[0]
+        else:
+            answer = int(clean_logits.argmax())
+        noise = torch.randn((samples, len(subject), embed.weight.shape[1]), generator=generator) * scale
+
+        def corrupt(_module: Any, _args: tuple, output: Any) -> Any:
+            hidden = output.clone()
+            hidden[1:, subject[0] : subject[-1] + 1] += noise.to(hidden.device, hidden.dtype)
+            return hidden
+
+        def probability_of_answer() -> float:
+            logits = torch_model(input_ids=ids).logits[1:, -1].float()
+            return float(torch.softmax(logits, -1)[:, answer].mean())
+
+        handle = embed.register_forward_hook(corrupt)
+        try:
+            corrupted = probability_of_answer()
+            for layer in range(num_layers):
+                position = subject[-1]
+
+                def restore(_module: Any, _args: tuple, output: Any) -> Any:
+                    hidden = output_tensor(output).clone()
+                    hidden[1:, position] = hidden[0, position]
+                    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+                module = adapter.module(torch_model, "mlp_out", layer)
+                restore_handle = module.register_forward_hook(restore)
+                try:
+                    effects[layer] += probability_of_answer() - corrupted
+                finally:
+                    restore_handle.remove()
+        finally:
+            handle.remove()
+    return (effects / max(1, len(requests))).tolist()
+
+
+def best_window(effects: Sequence[float], count: int) -> list[int]:
+    """The ``count`` consecutive layers with the largest summed effect."""
+    count = max(1, min(count, len(effects)))
+    sums = [sum(effects[start : start + count]) for start in range(len(effects) - count + 1)]
+    start = max(range(len(sums)), key=lambda index: sums[index])
+    return list(range(start, start + count))
+
+
+def resolve_layers(
+    model: Any, choice: int | Sequence[int] | LayerChoice, requests: Sequence[Any], *, count: int, option: str
+) -> list[int]:
+    """Turn a config value into layer indices: explicit indices (negative count from the end),
+    ``"auto"`` (:func:`default_layers`) or ``"trace"`` (:func:`trace_mlp_effects` on up to 4 requests)."""
+    num_layers = model.adapter.num_layers(model.torch_model)
+    if choice == "auto":
+        return default_layers(num_layers, count)
+    if choice == "trace":
+        return best_window(trace_mlp_effects(model, list(requests)[:4]), count)
+    indices = [choice] if isinstance(choice, int) else list(choice)
+    bad = [index for index in indices if not -num_layers <= index < num_layers]
+    if bad:
+        raise ConfigError(
+            f"option {option!r}: layer(s) {bad} do not exist; the model has {num_layers} layers "
+            f"(0..{num_layers - 1}, or negative from the end)"
+        )
+    return sorted({index % num_layers for index in indices})

@@ -1,0 +1,120 @@
+"""The linear algebra of locate-then-edit updates, in fp64 whatever the model's dtype.
+
+Weights are handled as ``W`` of shape ``(out, in)`` (the adapter's view, so GPT-2's transposed
+Conv1D needs no special case): a key ``k`` (``in``) is mapped to a value ``W k`` (``out``).
+Each function returns the update ``Δ`` in fp64; :func:`add_to_weight` casts it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from easyetcon.errors import ConfigError
+
+NullspaceRule = Literal["energy", "absolute"]
+
+
+def regularised(covariance: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``C + ridge · (tr C / d) · I``: invertible even when few texts were seen, scale-free."""
+    covariance = covariance.double()
+    d = covariance.shape[0]
+    scale = torch.trace(covariance) / d
+    return covariance + ridge * scale * torch.eye(d, dtype=covariance.dtype, device=covariance.device)
+
+
+def rank_one_update(key: torch.Tensor, residual: torch.Tensor, covariance: torch.Tensor | None = None, *, ridge: float = 0.0) -> torch.Tensor:
+    """ROME (Meng et al. 2022, eq. 2): ``Δ = r (C⁻¹k)ᵀ / (kᵀ C⁻¹ k)``.
+
+    ``(W + Δ) k = W k + r`` exactly, and ``Δ`` has rank one. Without ``covariance`` the update
+    is the minimum-norm one, ``r kᵀ / (kᵀ k)``.
+    """
+    k = key.double()
+    r = residual.double().to(k.device)
+    u = k if covariance is None else torch.linalg.solve(regularised(covariance.to(k.device), ridge), k)
+    return torch.outer(r, u) / torch.dot(u, k)
+
+
+def least_squares_update(
+    keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, covariance_weight: float
+) -> torch.Tensor:
+    """MEMIT (Meng et al. 2023, eq. 14): ``Δ = R Kᵀ (λ C + K Kᵀ)⁻¹``.
+
+    ``keys`` is ``(n, in)``, ``residuals`` ``(n, out)``. Δ minimises
+    ``‖(W + Δ) K − (W K + R)‖² + λ n_C · E‖Δ k‖²`` over keys ``k`` with second moment ``C``:
+    the new keys get their residuals while typical keys keep their values.
+    """
+    K = keys.double().T
+    R = residuals.double().T.to(K.device)
+    A = covariance_weight * covariance.double().to(K.device) + K @ K.T
+    return torch.linalg.solve(A, K @ R.T).T
+
+
+def nullspace_projector(
+    covariance: torch.Tensor,
+    *,
+    rule: NullspaceRule = "energy",
+    energy_fraction: float = 0.99,
+    threshold: float = 1e-2,
+) -> torch.Tensor:
+    """Projector ``P = Û Ûᵀ`` onto the directions the preserved keys (second moment ``C``) barely use.
+
+    ``rule="energy"`` keeps as *preserved* the fewest top eigenvectors holding ``energy_fraction``
+    of the spectrum's energy (sum of eigenvalues) and projects onto the rest: unchanged when the
+    activations are rescaled. ``rule="absolute"`` projects onto eigenvectors with eigenvalue
+    below ``threshold`` (AlphaEdit's original rule; it depends on the activation scale).
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())  # ascending
+    eigenvalues = eigenvalues.clamp(min=0)
+    if rule == "energy":
+        descending = eigenvalues.flip(0)
+        total = descending.sum()
+        if total <= 0:
+            return torch.eye(covariance.shape[0], dtype=torch.float64, device=covariance.device)
+        cumulative = torch.cumsum(descending, 0) / total
+        preserved = int(torch.searchsorted(cumulative, torch.tensor(energy_fraction, dtype=cumulative.dtype))) + 1
+        preserved = min(preserved, len(eigenvalues))
+        basis = eigenvectors[:, : len(eigenvalues) - preserved]
+    elif rule == "absolute":
+        basis = eigenvectors[:, eigenvalues < threshold]
+    else:
+        raise ConfigError(f"unknown null-space rule {rule!r}; choose 'energy' or 'absolute'")
+    return basis @ basis.T
+
+
+def projected_update(
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    projector: torch.Tensor,
+    edited_moment: torch.Tensor | None = None,
+    *,
+    l2: float = 10.0,
+) -> torch.Tensor:
+    """AlphaEdit (Fang et al. 2025, eq. 9): ``Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹``.
+
+    Solved as in the paper's code, ``X = (P (K Kᵀ + K_p K_pᵀ) + α I)⁻¹ P K Rᵀ``, then ``Δ = (P X)ᵀ``:
+    every row of Δ lies in the null space, so ``Δ k₀ ≈ 0`` for preserved keys ``k₀``.
+    ``edited_moment`` is ``K_p K_pᵀ`` of earlier edits (kept by the editor between calls).
+    """
+    K = keys.double().T
+    R = residuals.double().T.to(K.device)
+    P = projector.double().to(K.device)
+    moment = K @ K.T
+    if edited_moment is not None:
+        moment = moment + edited_moment.double().to(K.device)
+    A = P @ moment + l2 * torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
+    X = torch.linalg.solve(A, P @ K @ R.T)
+    return (P @ X).T
+
+
+def add_to_weight(model: Any, layer: int, delta: torch.Tensor) -> None:
+    """``W ← W + Δ`` on the layer's ``mlp_out`` weight, computed in fp64 and cast back to its dtype."""
+    module = model.adapter.module(model.torch_model, "mlp_out", layer)
+    weight = model.adapter.out_in_weight(module)  # (out, in) view, also for GPT-2's Conv1D
+    if tuple(delta.shape) != tuple(weight.shape):
+        raise ValueError(f"update of shape {tuple(delta.shape)} does not fit weight of shape {tuple(weight.shape)}")
+    if not torch.isfinite(delta).all():
+        raise FloatingPointError(f"the update of layer {layer} is not finite; lower the learning rate or add a ridge")
+    with torch.no_grad():
+        weight.copy_((weight.double() + delta.to(weight.device)).to(weight.dtype))

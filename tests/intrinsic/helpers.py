@@ -1,0 +1,46 @@
+"""Requests and options that tiny random models can be edited with, and the fact-world model.
+
+A random 3-layer model with hidden size 32 barely moves information between positions, so a
+change written at the subject's last token (ROME, MEMIT, AlphaEdit) only reaches the output when
+the subject ends the prompt. These requests are built that way and have one-token targets in the
+tiny tokenizer; the fact world's pretrained model (when shipped) is edited with ordinary prompts.
+"""
+
+from __future__ import annotations
+
+from easyetcon.requests import EditRequest
+
+#: Statistics that take a second to collect on a tiny model (texts sampled from the model itself).
+TINY_STATISTICS = {"source": "model-samples", "samples": 32, "max_length": 32, "batch_size": 16, "progress": False}
+
+#: Value optimisation strong enough for a random model (whose MLP outputs are tiny).
+STRONG_VALUES = {
+    "prefixes": 2, "prefix_source": "fixed", "steps": 20, "weight_decay": 0.0, "kl_factor": 0.0,
+    "clamp_norm_factor": 1e4, "statistics": TINY_STATISTICS,
+}
+
+
+def subject_final_requests() -> list[EditRequest]:
+    return [
+        EditRequest(
+            prompt="The mother tongue of Danielle Darrieux", subject="Danielle Darrieux", target_new="Paris",
+            ground_truth="French", case_id="end-0",
+        ),
+        EditRequest(
+            prompt="Where is the Eiffel Tower", subject="Eiffel Tower", target_new="guitar",
+            ground_truth="Paris", case_id="end-1",
+        ),
+    ]
+
+
+def world_model():
+    """The shipped fact-world model as an EditableModel, or ``None`` when it is not shipped."""
+    try:
+        from easyetcon_world import default_model_path, has_default_model
+    except ImportError:
+        return None
+    if not has_default_model():
+        return None
+    from easyetcon.model import load_model
+
+    return load_model(default_model_path())
