@@ -39,22 +39,35 @@ def common_arguments(parser: argparse.ArgumentParser, *, edits: int, editors: st
 
 
 def parse_editors(text: str) -> list[str]:
+    """Editor names; ``name@label`` is a labelled variant with its own entry in the configs file."""
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in EDITORS]
+    unknown = [name for name in names if editor_name(name) not in EDITORS]
     if unknown:
-        raise SystemExit(f"unknown editor(s) {unknown}; choose from {', '.join(EDITORS)}")
+        raise SystemExit(f"unknown editor(s) {unknown}; choose from {', '.join(EDITORS)} (optionally as name@label)")
     return names
 
 
-def load_configs(path: Path) -> dict[str, dict[str, Any]]:
+def editor_name(entry: str) -> str:
+    """The registered editor of a configs entry: ``"alphaedit@conservative"`` -> ``"alphaedit"``."""
+    return entry.split("@", 1)[0]
+
+
+def load_configs(path: Path, *, sequential: bool = False) -> dict[str, dict[str, Any]]:
+    """Editor -> options; with ``sequential``, each editor's ``sequential_overrides`` applied on top."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {name: options for name, options in data.items() if not name.startswith("_")}
+    overrides = data.get("sequential_overrides", {}) if sequential else {}
+    return {
+        name: {**options, **overrides.get(name, {})}
+        for name, options in data.items()
+        if not name.startswith("_") and name != "sequential_overrides"
+    }
 
 
 def load_world_model(folder: str | None) -> tuple[Any, Any, str]:
     """``(EditableModel, world, folder)`` of the shipped (or given) world model."""
-    from easyetcon.model import load_model
     from easyetcon_world import default_model_path, has_default_model, load_world
+
+    from easyetcon.model import load_model
 
     if folder is None:
         if not has_default_model():

@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from intrinsic_common import (  # noqa: E402
     METRICS,
     common_arguments,
+    editor_name,
     environment,
     fmt,
     load_configs,
@@ -67,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     editors = parse_editors(args.editors)
-    configs = load_configs(args.configs)
+    configs = load_configs(args.configs, sequential=True)
     protocols = tuple(p.strip() for p in args.protocols.split(","))
 
-    from easyetcon.chain import EditChain
     from easyetcon_eval import compute_baseline, run_lifelong
+
+    from easyetcon.chain import EditChain
 
     model, world, folder = load_world_model(args.model)
     requests = world_requests(world, args.split, args.edits, args.edit_seed)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     original = model.state_hash()
     for editor in editors:
         options = configs.get(editor, {})
-        chain = EditChain([(editor, options)])
+        chain = EditChain([(editor_name(editor), options)])
         started = time.perf_counter()
         result = run_lifelong(
             model, chain, requests, schedule=f"every:{args.every}", protocols=protocols, baseline=baseline,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "final": result.final, "curve": result.curve, "seconds_per_edit": result.seconds_per_edit,
             "timing": timing(result.seconds_per_edit), "wall_seconds": time.perf_counter() - started,
         }
-        if editor == "alphaedit":
+        if editor_name(editor) == "alphaedit":
             state = chain.steps[0].editor
             layers = state.layers(model, requests)
             dims = [state.projector(model, layer).shape[0] for layer in layers]

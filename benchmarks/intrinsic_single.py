@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from intrinsic_common import (  # noqa: E402
     METRICS,
     common_arguments,
+    editor_name,
     environment,
     fmt,
     load_configs,
@@ -40,13 +40,14 @@ PROTOCOLS = ("teacher-forced", "generation")
 
 def single_edits(model, requests, editor, options, baseline, protocols=PROTOCOLS, log=print):
     """Edit, score and undo each request alone; returns summary, per-request scores and seconds."""
-    from easyetcon.chain import EditChain
     from easyetcon_eval import evaluate_edits
+
+    from easyetcon.chain import EditChain
 
     original = model.state_hash()
     per_request, seconds, keys = [], [], []
     for index, request in enumerate(requests):
-        chain = EditChain([(editor, options)])
+        chain = EditChain([(editor_name(editor), options)])
         result = chain.apply(model, [request])
         seconds.append(sum(r.seconds for r in result.records))
         scored = evaluate_edits(model, [request], protocols=protocols, baseline=baseline)

@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from intrinsic_common import environment, fmt, load_world_model, write_json  # noqa: E402
 
 

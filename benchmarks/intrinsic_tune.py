@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from intrinsic_common import (  # noqa: E402
+    editor_name,
     environment,
     fmt,
     load_configs,
@@ -75,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     editors = parse_editors(args.editors)
-    configs = load_configs(args.configs)
+    configs = load_configs(args.configs, sequential=args.sequential)
+
+    from easyetcon_eval import compute_baseline, run_lifelong
 
     from easyetcon.chain import EditChain
     from easyetcon.model import load_model
-    from easyetcon_eval import compute_baseline, run_lifelong
 
     model, world, folder = load_world_model(args.model)
     requests = world_requests(world, "tune", args.edits, args.edit_seed)
@@ -87,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     baseline = compute_baseline(model, requests, protocols=protocols)
     output = {"environment": environment(args), "model": folder, "split": "tune", "trials": {}, "best": {}}
     for editor in editors:
-        grid = json.loads(args.grid) if args.grid else GRIDS[editor]
+        grid = json.loads(args.grid) if args.grid else GRIDS[editor_name(editor)]
         trials = []
         for point in grid_points(grid):
             options = {**configs.get(editor, {}), **point}
             started = time.perf_counter()
             try:
                 if args.sequential:
-                    result = run_lifelong(model, EditChain([(editor, options)]), requests, schedule="end",
+                    result = run_lifelong(model, EditChain([(editor_name(editor), options)]), requests, schedule="end",
                                           protocols=protocols, baseline=baseline, progress=False)
                     summary = result.final
                     model = load_model(folder)  # the next point starts from the unedited model
@@ -125,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_configs:
         stored = json.loads(args.configs.read_text(encoding="utf-8")) if args.configs.is_file() else {}
         for editor in editors:
-            stored[editor] = configs[editor]
+            if args.sequential:  # only what differs from the single-edit options
+                single = load_configs(args.configs)[editor]
+                stored.setdefault("sequential_overrides", {})[editor] = {
+                    k: v for k, v in configs[editor].items() if single.get(k) != v
+                }
+            else:
+                stored[editor] = configs[editor]
         stored["_tuned_with"] = stored.get("_tuned_with", {}) | {e: " ".join(sys.argv) for e in editors}
         args.configs.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
         print(f"stored the best options in {args.configs}")

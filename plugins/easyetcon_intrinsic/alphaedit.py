@@ -14,7 +14,9 @@ where ``K_p`` are the keys of the edits made *before* this batch: the editor acc
 The null space is chosen from the eigenvalues of ``C`` by a rule (``nullspace_rule``):
 ``"energy"`` protects the top eigenvectors holding ``energy_fraction`` of the spectrum's energy
 (robust to the activation scale), ``"absolute"`` projects onto eigenvalues below
-``nullspace_threshold`` (the paper's rule). ``α`` is ``l2 × E‖k‖²`` (scale-free).
+``nullspace_threshold`` (the paper's rule). ``α`` is ``l2 × E‖k‖²`` (scale-free). With
+``covariance_weight`` ``λ > 0`` the solve also adds ``λ C``: what preserved keys have *inside* the
+null space (little energy, but not none) is protected in proportion, as MEMIT protects all of it.
 
 Editor state: per model and layer a ``d × d`` projector and ``K_p K_pᵀ`` (fp64), so the cost
 of an edit does not grow with the number of earlier edits. Undoing a chain step does not
@@ -31,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
-from easyetcon_intrinsic.keys import activations_at, fact_positions, make_prefixes, fact_keys
+from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
 from easyetcon_intrinsic.solve import add_to_weight, nullspace_projector, projected_update
 from easyetcon_intrinsic.values import ValueOptimisation, optimise_value
@@ -58,10 +60,14 @@ class AlphaEditConfig(BaseModel):
     steps: int = Field(default=25, ge=1, le=1000, description="optimisation steps for each target hidden state")
     learning_rate: float = Field(default=0.1, gt=0, description="Adam learning rate of δ")
     kl_factor: float = Field(default=0.0625, ge=0, description="weight of the KL term on the essence prompts")
-    weight_decay: float = Field(default=0.01, ge=0, description="weight of (‖δ‖/‖h‖)² (scale-free; the papers' ‖δ‖/‖h‖² is ~0 at their scale)")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="weight of (‖δ‖/‖h‖)² (scale-free; the papers' ‖δ‖/‖h‖² is ~0 at their scale)"
+    )
     clamp_norm_factor: float = Field(default=0.75, gt=0, description="‖δ‖ is clamped to this × ‖h‖")
     stop_nll: float = Field(default=0.05, ge=0, description="stop optimising once the target NLL is below this")
-    kl_prompts: list[str] = Field(default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in")
+    kl_prompts: list[str] = Field(
+        default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in"
+    )
     kl_continuation_tokens: int = Field(
         default=0, ge=0, le=256,
         description="0: KL at the end of each essence prompt (the paper); N: KL over the model's own N-token "
@@ -71,8 +77,15 @@ class AlphaEditConfig(BaseModel):
     energy_fraction: float = Field(
         default=0.99, gt=0, le=1, description="rule 'energy': share of C's spectral energy that is protected"
     )
-    nullspace_threshold: float = Field(default=1e-2, gt=0, description="rule 'absolute': eigenvalues below this span the null space")
+    nullspace_threshold: float = Field(
+        default=1e-2, gt=0, description="rule 'absolute': eigenvalues below this span the null space"
+    )
     l2: float = Field(default=1e-3, gt=0, description="α = l2 · E‖k‖², the ridge of the solve")
+    covariance_weight: float = Field(
+        default=0.0, ge=0,
+        description="λ: also penalise λ·E‖Δ P k₀‖² over preserved keys, protecting their small components "
+        "inside the null space (0: the paper's AlphaEdit)",
+    )
     statistics: StatisticsConfig = Field(default_factory=StatisticsConfig, description="where C comes from")
 
     @field_validator("layers")
@@ -105,7 +118,9 @@ class AlphaEdit:
     def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
         if model.torch_model not in self._layers:
             count = default_span_size(model.adapter.num_layers(model.torch_model))
-            self._layers[model.torch_model] = resolve_layers(model, self.config.layers, requests, count=count, option="layers")
+            self._layers[model.torch_model] = resolve_layers(
+                model, self.config.layers, requests, count=count, option="layers", fact_token=self.config.fact_token
+            )
         return self._layers[model.torch_model]
 
     def prefixes(self, model: Any) -> list[str]:
@@ -155,7 +170,10 @@ class AlphaEdit:
             current = activations_at(model, last_block, prompts, positions, which="output")
             residuals = (targets - current) / (len(layers) - index)
             alpha = self.config.l2 * float(torch.trace(statistics[layer].mom2.double()))
-            update = projected_update(keys, residuals, self.projector(model, layer), self.edited_moment(model, layer), l2=alpha)
+            update = projected_update(
+                keys, residuals, self.projector(model, layer), self.edited_moment(model, layer), l2=alpha,
+                covariance=statistics[layer].mom2, covariance_weight=self.config.covariance_weight,
+            )
             add_to_weight(model, layer, update)
 
         # 3. remember the keys just written, so later edits leave them alone

@@ -36,7 +36,8 @@ class FineTuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layers: list[int] | Literal["auto"] = Field(
-        default="auto", description="layers whose MLP weights train: indices (negative from the end) or 'auto' (one early-middle layer)"
+        default="auto",
+        description="layers whose MLP weights train: indices (negative from the end) or 'auto' (one early-middle layer)",
     )
     modules: list[Literal["mlp_out", "mlp_in"]] = Field(
         default_factory=lambda: ["mlp_out"], description="which MLP projections of those layers train"

@@ -185,7 +185,9 @@ def fact_keys(
         filled = fill_prefixes(prefixes, request.prompt)
         texts.extend(filled)
         positions.extend(
-            fact_positions(model.tokenizer, filled, [request.subject] * len(filled), [request.request_id] * len(filled), fact_token)
+            fact_positions(
+                model.tokenizer, filled, [request.subject] * len(filled), [request.request_id] * len(filled), fact_token
+            )
         )
     keys = activations_at(model, module, texts, positions, which="input")
     return keys.view(len(requests), len(prefixes), -1).mean(dim=1)

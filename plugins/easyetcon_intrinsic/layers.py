@@ -9,7 +9,9 @@ output at the subject's last token, and see how much of the answer's probability
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -40,14 +42,17 @@ def default_span_size(num_layers: int) -> int:
 
 @torch.no_grad()
 def trace_mlp_effects(
-    model: Any, requests: Sequence[Any], *, noise_scale: float = 3.0, samples: int = 8, seed: int = 0
+    model: Any, requests: Sequence[Any], *, noise_scale: float = 3.0, samples: int = 8, seed: int = 0,
+    fact_token: str = "subject_last",
 ) -> list[float]:
-    """Average indirect effect of each layer's MLP output at the subject's last token.
+    """Average indirect effect of each layer's MLP output at the fact token (by default the
+    subject's last token; ``fact_token="last"``: the prompt's last token).
 
     For each request: the probability ``p`` of the first token of the true answer
     (``ground_truth``, else the model's own top token) from the clean prompt, ``p*`` with noise of
     ``noise_scale`` × the embeddings' std added to the subject's tokens, and ``p_l`` when layer
-    ``l``'s clean MLP output is restored in the noisy run. Returns ``mean(p_l - p*)`` per layer.
+    ``l``'s clean MLP output at the fact token is restored in the noisy run. Returns
+    ``mean(p_l - p*)`` per layer.
     """
     torch_model, tokenizer, adapter = model.torch_model, model.tokenizer, model.adapter
     num_layers = adapter.num_layers(torch_model)
@@ -58,42 +63,47 @@ def trace_mlp_effects(
     for request in requests:
         subject = locate_subject_tokens(tokenizer, request.prompt, request.subject, request_id=request.request_id)
         ids = torch.tensor([tokenizer(request.prompt)["input_ids"]] * (samples + 1), device=model.device)
-        clean_logits = torch_model(input_ids=ids[:1]).logits[0, -1]
         if request.ground_truth:
             answer = encode_continuation(tokenizer, request.ground_truth)[0]
         else:
-            answer = int(clean_logits.argmax())
+            answer = int(torch_model(input_ids=ids[:1]).logits[0, -1].argmax())
         noise = torch.randn((samples, len(subject), embed.weight.shape[1]), generator=generator) * scale
-
-        def corrupt(_module: Any, _args: tuple, output: Any) -> Any:
-            hidden = output.clone()
-            hidden[1:, subject[0] : subject[-1] + 1] += noise.to(hidden.device, hidden.dtype)
-            return hidden
-
-        def probability_of_answer() -> float:
-            logits = torch_model(input_ids=ids).logits[1:, -1].float()
-            return float(torch.softmax(logits, -1)[:, answer].mean())
-
-        handle = embed.register_forward_hook(corrupt)
-        try:
-            corrupted = probability_of_answer()
+        position = subject[-1] if fact_token == "subject_last" else ids.shape[1] - 1
+        with _hooked(embed, partial(_add_noise, span=(subject[0], subject[-1] + 1), noise=noise)):
+            corrupted = _answer_probability(torch_model, ids, answer)
             for layer in range(num_layers):
-                position = subject[-1]
-
-                def restore(_module: Any, _args: tuple, output: Any) -> Any:
-                    hidden = output_tensor(output).clone()
-                    hidden[1:, position] = hidden[0, position]
-                    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
                 module = adapter.module(torch_model, "mlp_out", layer)
-                restore_handle = module.register_forward_hook(restore)
-                try:
-                    effects[layer] += probability_of_answer() - corrupted
-                finally:
-                    restore_handle.remove()
-        finally:
-            handle.remove()
+                with _hooked(module, partial(_restore_clean, position=position)):
+                    effects[layer] += _answer_probability(torch_model, ids, answer) - corrupted
     return (effects / max(1, len(requests))).tolist()
+
+
+@contextmanager
+def _hooked(module: Any, hook: Any) -> Iterator[None]:
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _add_noise(_module: Any, _args: tuple, output: torch.Tensor, *, span: tuple[int, int], noise: torch.Tensor) -> torch.Tensor:
+    """Rows 1.. get noise on the subject's embeddings; row 0 stays clean."""
+    hidden = output.clone()
+    hidden[1:, span[0] : span[1]] += noise.to(hidden.device, hidden.dtype)
+    return hidden
+
+
+def _restore_clean(_module: Any, _args: tuple, output: Any, *, position: int) -> Any:
+    """Rows 1.. get the clean row's output at ``position``."""
+    hidden = output_tensor(output).clone()
+    hidden[1:, position] = hidden[0, position]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def _answer_probability(torch_model: Any, ids: torch.Tensor, answer: int) -> float:
+    logits = torch_model(input_ids=ids).logits[1:, -1].float()
+    return float(torch.softmax(logits, -1)[:, answer].mean())
 
 
 def best_window(effects: Sequence[float], count: int) -> list[int]:
@@ -105,15 +115,17 @@ def best_window(effects: Sequence[float], count: int) -> list[int]:
 
 
 def resolve_layers(
-    model: Any, choice: int | Sequence[int] | LayerChoice, requests: Sequence[Any], *, count: int, option: str
+    model: Any, choice: int | Sequence[int] | LayerChoice, requests: Sequence[Any], *, count: int, option: str,
+    fact_token: str = "subject_last",
 ) -> list[int]:
     """Turn a config value into layer indices: explicit indices (negative count from the end),
-    ``"auto"`` (:func:`default_layers`) or ``"trace"`` (:func:`trace_mlp_effects` on up to 4 requests)."""
+    ``"auto"`` (:func:`default_layers`) or ``"trace"`` (:func:`trace_mlp_effects` at the fact token
+    on up to 4 requests)."""
     num_layers = model.adapter.num_layers(model.torch_model)
     if choice == "auto":
         return default_layers(num_layers, count)
     if choice == "trace":
-        return best_window(trace_mlp_effects(model, list(requests)[:4]), count)
+        return best_window(trace_mlp_effects(model, list(requests)[:4], fact_token=fact_token), count)
     indices = [choice] if isinstance(choice, int) else list(choice)
     bad = [index for index in indices if not -num_layers <= index < num_layers]
     if bad:

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
-from easyetcon_intrinsic.keys import activations_at, fact_positions, make_prefixes, fact_keys
+from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
 from easyetcon_intrinsic.solve import add_to_weight, least_squares_update
 from easyetcon_intrinsic.values import ValueOptimisation, optimise_value
@@ -53,10 +53,14 @@ class MemitConfig(BaseModel):
     steps: int = Field(default=25, ge=1, le=1000, description="optimisation steps for each target hidden state")
     learning_rate: float = Field(default=0.5, gt=0, description="Adam learning rate of δ")
     kl_factor: float = Field(default=0.0625, ge=0, description="weight of the KL term on the essence prompts")
-    weight_decay: float = Field(default=0.01, ge=0, description="weight of (‖δ‖/‖h‖)² (scale-free; the papers' ‖δ‖/‖h‖² is ~0 at their scale)")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="weight of (‖δ‖/‖h‖)² (scale-free; the papers' ‖δ‖/‖h‖² is ~0 at their scale)"
+    )
     clamp_norm_factor: float = Field(default=0.75, gt=0, description="‖δ‖ is clamped to this × ‖h‖")
     stop_nll: float = Field(default=0.05, ge=0, description="stop optimising once the target NLL is below this")
-    kl_prompts: list[str] = Field(default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in")
+    kl_prompts: list[str] = Field(
+        default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in"
+    )
     kl_continuation_tokens: int = Field(
         default=0, ge=0, le=256,
         description="0: KL at the end of each essence prompt (the paper); N: KL over the model's own N-token "
@@ -93,7 +97,9 @@ class Memit:
     def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
         if model.torch_model not in self._layers:
             count = default_span_size(model.adapter.num_layers(model.torch_model))
-            self._layers[model.torch_model] = resolve_layers(model, self.config.layers, requests, count=count, option="layers")
+            self._layers[model.torch_model] = resolve_layers(
+                model, self.config.layers, requests, count=count, option="layers", fact_token=self.config.fact_token
+            )
         return self._layers[model.torch_model]
 
     def prefixes(self, model: Any) -> list[str]:

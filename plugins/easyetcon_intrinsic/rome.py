@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
-from easyetcon_intrinsic.keys import make_prefixes, fact_keys
+from easyetcon_intrinsic.keys import fact_keys, make_prefixes
 from easyetcon_intrinsic.layers import resolve_layers
 from easyetcon_intrinsic.solve import add_to_weight, rank_one_update
 from easyetcon_intrinsic.values import ValueOptimisation, optimise_value
@@ -51,18 +51,25 @@ class RomeConfig(BaseModel):
         description="where keys are read and values written: the subject's last token (the papers) or the "
         "prompt's last token (ROME's 'last' strategy: specific to subject and relation)",
     )
-    prefixes: int = Field(default=10, ge=0, le=100, description="prefix contexts the key and value are averaged over (besides the bare prompt)")
+    prefixes: int = Field(
+        default=10, ge=0, le=100, description="prefix contexts the key and value are averaged over (besides the bare prompt)"
+    )
     prefix_length: int = Field(default=10, ge=1, le=64, description="tokens per generated prefix")
     prefix_source: Literal["generated", "fixed"] = Field(
-        default="generated", description="'generated': greedy continuations of seed words by the model; 'fixed': built-in sentences"
+        default="generated",
+        description="'generated': greedy continuations of seed words by the model; 'fixed': built-in sentences",
     )
     steps: int = Field(default=25, ge=1, le=1000, description="optimisation steps for the value")
     learning_rate: float = Field(default=0.5, gt=0, description="Adam learning rate of the value change δ")
     kl_factor: float = Field(default=0.0625, ge=0, description="weight of the KL term on the essence prompts")
-    weight_decay: float = Field(default=0.01, ge=0, description="weight of (‖δ‖/‖v‖)² (scale-free; the papers' ‖δ‖/‖v‖² is ~0 at their scale)")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="weight of (‖δ‖/‖v‖)² (scale-free; the papers' ‖δ‖/‖v‖² is ~0 at their scale)"
+    )
     clamp_norm_factor: float = Field(default=4.0, gt=0, description="‖δ‖ is clamped to this × ‖v‖")
     stop_nll: float = Field(default=0.05, ge=0, description="stop optimising once the target NLL is below this")
-    kl_prompts: list[str] = Field(default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in")
+    kl_prompts: list[str] = Field(
+        default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in"
+    )
     kl_continuation_tokens: int = Field(
         default=0, ge=0, le=256,
         description="0: KL at the end of each essence prompt (the paper); N: KL over the model's own N-token "
@@ -92,7 +99,9 @@ class Rome:
 
     def layer(self, model: Any, requests: Sequence[Any]) -> int:
         if model.torch_model not in self._layer:
-            (self._layer[model.torch_model],) = resolve_layers(model, self.config.layer, requests, count=1, option="layer")
+            (self._layer[model.torch_model],) = resolve_layers(
+                model, self.config.layer, requests, count=1, option="layer", fact_token=self.config.fact_token
+            )
         return self._layer[model.torch_model]
 
     def prefixes(self, model: Any) -> list[str]:

@@ -24,7 +24,9 @@ def regularised(covariance: torch.Tensor, ridge: float) -> torch.Tensor:
     return covariance + ridge * scale * torch.eye(d, dtype=covariance.dtype, device=covariance.device)
 
 
-def rank_one_update(key: torch.Tensor, residual: torch.Tensor, covariance: torch.Tensor | None = None, *, ridge: float = 0.0) -> torch.Tensor:
+def rank_one_update(
+    key: torch.Tensor, residual: torch.Tensor, covariance: torch.Tensor | None = None, *, ridge: float = 0.0
+) -> torch.Tensor:
     """ROME (Meng et al. 2022, eq. 2): ``Δ = r (C⁻¹k)ᵀ / (kᵀ C⁻¹ k)``.
 
     ``(W + Δ) k = W k + r`` exactly, and ``Δ`` has rank one. Without ``covariance`` the update
@@ -90,12 +92,17 @@ def projected_update(
     edited_moment: torch.Tensor | None = None,
     *,
     l2: float = 10.0,
+    covariance: torch.Tensor | None = None,
+    covariance_weight: float = 0.0,
 ) -> torch.Tensor:
     """AlphaEdit (Fang et al. 2025, eq. 9): ``Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹``.
 
     Solved as in the paper's code, ``X = (P (K Kᵀ + K_p K_pᵀ) + α I)⁻¹ P K Rᵀ``, then ``Δ = (P X)ᵀ``:
     every row of Δ lies in the null space, so ``Δ k₀ ≈ 0`` for preserved keys ``k₀``.
     ``edited_moment`` is ``K_p K_pᵀ`` of earlier edits (kept by the editor between calls).
+    ``covariance_weight`` ``λ > 0`` adds ``λ C`` to ``K Kᵀ + K_p K_pᵀ``: the preserved keys' small
+    components *inside* the null space are then protected too, in proportion to their energy
+    (MEMIT's penalty, restricted to the null space; ``λ = 0`` is the paper).
     """
     K = keys.double().T
     R = residuals.double().T.to(K.device)
@@ -103,6 +110,8 @@ def projected_update(
     moment = K @ K.T
     if edited_moment is not None:
         moment = moment + edited_moment.double().to(K.device)
+    if covariance is not None and covariance_weight > 0:
+        moment = moment + covariance_weight * covariance.double().to(K.device)
     A = P @ moment + l2 * torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
     X = torch.linalg.solve(A, P @ K @ R.T)
     return (P @ X).T

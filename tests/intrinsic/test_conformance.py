@@ -41,7 +41,7 @@ class TestRome(EditorConformance):
 class TestMemit(EditorConformance):
     editor = "memit"
     options = {**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0}
-    invalid_options = [{"layers": []}, {"covariance_weight": -1.0}, {"prefix_source": "web"}]
+    invalid_options = [{"layers": []}, {"covariance_weight": -1.0}, {"prefix_source": "web"}, {"fact_token": "first"}]
     architectures = ARCHITECTURES
     mode = "batch"
 

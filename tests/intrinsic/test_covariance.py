@@ -5,11 +5,6 @@ import warnings
 
 import pytest
 import torch
-
-from easyetcon.errors import ConfigError
-from easyetcon.plugins import get_host
-from easyetcon.testing import tiny_model
-from easyetcon.testing.tiny import TINY_CORPUS
 from easyetcon_intrinsic.covariance import (
     LayerStatistics,
     StatisticsConfig,
@@ -20,6 +15,11 @@ from easyetcon_intrinsic.covariance import (
 )
 from easyetcon_intrinsic.keys import capture_input
 from easyetcon_intrinsic.solve import add_to_weight
+
+from easyetcon.errors import ConfigError
+from easyetcon.plugins import get_host
+from easyetcon.testing import tiny_model
+from easyetcon.testing.tiny import TINY_CORPUS
 
 
 def make(arch="llama"):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from easyetcon_intrinsic.keys import capture_input, fact_keys
 
 from easyetcon.chain import EditChain
 from easyetcon.errors import ChainStepError
@@ -9,7 +10,6 @@ from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
 from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.testing.tiny import TINY_CORPUS
-from easyetcon_intrinsic.keys import capture_input, fact_keys
 from tests.intrinsic.helpers import STRONG_VALUES, subject_final_requests
 
 

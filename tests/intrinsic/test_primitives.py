@@ -2,13 +2,7 @@
 
 import pytest
 import torch
-
-from easyetcon.errors import ConfigError, RequestError
-from easyetcon.plugins import get_host
-from easyetcon.requests import EditRequest
-from easyetcon.testing import tiny_model
-from easyetcon.text import locate_subject_tokens
-from easyetcon_intrinsic.keys import activations_at, capture_input, fill_prefixes, make_prefixes, fact_keys
+from easyetcon_intrinsic.keys import capture_input, fact_keys, fill_prefixes, make_prefixes
 from easyetcon_intrinsic.layers import best_window, default_layers, default_span_size, resolve_layers, trace_mlp_effects
 from easyetcon_intrinsic.solve import (
     add_to_weight,
@@ -17,6 +11,12 @@ from easyetcon_intrinsic.solve import (
     projected_update,
     rank_one_update,
 )
+
+from easyetcon.errors import ConfigError, RequestError
+from easyetcon.plugins import get_host
+from easyetcon.requests import EditRequest
+from easyetcon.testing import tiny_model
+from easyetcon.text import locate_subject_tokens
 from tests.intrinsic.helpers import subject_final_requests
 
 
@@ -41,6 +41,17 @@ def test_subject_key_is_the_mlp_out_input_at_the_subjects_last_token(arch):
     key = fact_keys(model, 1, [request])[0]
     assert torch.allclose(key, expected, atol=1e-6)
     assert key.shape == (model.adapter.in_out_features(module)[0],)
+
+
+def test_last_token_keys_read_the_prompts_final_token():
+    model = make()
+    request = EditRequest(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
+    ids = model.tokenizer(request.prompt)["input_ids"]
+    module = model.adapter.module(model.torch_model, "mlp_out", 2)
+    with torch.no_grad(), capture_input(module) as captured:
+        model.torch_model(input_ids=torch.tensor([ids]))
+    assert torch.allclose(fact_keys(model, 2, [request], fact_token="last")[0], captured[0][0, -1].float(), atol=1e-6)
+    assert not torch.allclose(fact_keys(model, 2, [request])[0], captured[0][0, -1].float())
 
 
 def test_keys_ignore_what_follows_the_subject_and_padding():
@@ -127,6 +138,21 @@ def test_projected_update_leaves_preserved_keys_alone():
     delta = projected_update(keys, residuals, P, l2=1e-6)
     assert delta.abs().max() > 1e-3
     assert (delta @ preserved.T).abs().max() < 1e-9
+
+
+def test_covariance_weight_protects_weak_preserved_directions_inside_the_null_space():
+    torch.manual_seed(0)
+    strong = torch.randn(5, 12, dtype=torch.float64) * 10
+    weak = torch.randn(1, 12, dtype=torch.float64) * 0.05  # a preserved key with little energy
+    preserved = torch.cat([strong, weak])
+    C = preserved.T @ preserved / len(preserved)
+    P = nullspace_projector(C, rule="energy", energy_fraction=0.999)  # the weak key falls in the null space
+    keys, residuals = torch.randn(1, 12) + 0.5 * weak.float() / weak.norm(), torch.randn(1, 7)
+    plain = projected_update(keys, residuals, P, l2=1e-6)
+    weighted = projected_update(keys, residuals, P, l2=1e-6, covariance=C, covariance_weight=1e4)
+    for delta in (plain, weighted):
+        assert (delta @ strong.T).norm() < 1e-4 * delta.norm() * strong.norm()
+    assert (weighted @ weak.T).norm() < 0.1 * (plain @ weak.T).norm()
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -9,13 +9,14 @@ import pytest
 from easyetcon.chain import EditChain
 from tests.intrinsic.helpers import world_model
 
-STATISTICS = {"source": "world", "samples": 200, "progress": False}
-VALUES = {"steps": 60, "weight_decay": 0.0, "clamp_norm_factor": 10.0, "prefixes": 3}
+STATISTICS = {"source": "world", "samples": 300, "progress": False}
+VALUES = {"steps": 60, "weight_decay": 0.0, "clamp_norm_factor": 4.0, "prefixes": 3, "statistics": STATISTICS}
 OPTIONS = {
     "ft-m": {"layers": [3], "learning_rate": 0.002, "steps": 40},
-    "rome": {**VALUES, "layer": 0, "statistics": STATISTICS},
-    "memit": {**VALUES, "layers": [0, 1], "covariance_weight": 100.0, "statistics": STATISTICS},
-    "alphaedit": {**VALUES, "layers": [0, 1], "learning_rate": 0.5, "energy_fraction": 0.9, "statistics": STATISTICS},
+    "rome": {**VALUES, "layer": 0, "learning_rate": 0.2},  # the papers' subject token, at the layer tracing finds
+    "rome-last": {**VALUES, "layer": "trace", "fact_token": "last", "learning_rate": 0.2},
+    "memit": {**VALUES, "layers": [0, 1], "covariance_weight": 100.0, "learning_rate": 0.2},
+    "alphaedit": {**VALUES, "layers": [3], "fact_token": "last", "learning_rate": 0.1, "energy_fraction": 0.99},
 }
 
 
@@ -35,7 +36,7 @@ def test_editor_makes_the_world_model_state_the_new_fact(world, editor):
     model, requests = world
     original = model.state_hash()
     assert not any(model.predicts(r.prompt, r.target_new) for r in requests)
-    result = EditChain([(editor, OPTIONS[editor])]).apply(model, requests, mode="sequential")
+    result = EditChain([(editor.split("-last")[0], OPTIONS[editor])]).apply(model, requests, mode="sequential")
     try:
         assert all(model.predicts(r.prompt, r.target_new) for r in requests)
     finally:
