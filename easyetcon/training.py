@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from easyetcon.text import IGNORE_INDEX
@@ -85,3 +86,50 @@ def entropy_adaptive_weights(logits: torch.Tensor, *, top_k: int = 20, alpha: fl
         aligned = torch.ones_like(weights)
         aligned[:, 1:] = weights[:, :-1]
     return aligned
+
+
+class EaftOptions(BaseModel):
+    """Entropy-adaptive fine-tuning (EAFT) as a loss option of an SFT-style editor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(default=20, ge=2, description="K of the top-K entropy (normalised by ln K)")
+    alpha: float = Field(default=1.0, gt=0, description="exponent applied to the normalised entropy")
+    tokens: Literal["all", "target", "surrounding"] = Field(
+        default="all",
+        description="which completion tokens are weighted: all, only the edit target's tokens, or only the "
+        "tokens around it (answer tags, full stop); the others keep weight 1",
+    )
+
+
+def target_token_mask(labels: torch.Tensor, target_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Bool tensor shaped like ``labels``: True at the labelled tokens that spell the edit target.
+
+    ``target_ids[i]`` are the target's own tokens (as :func:`easyetcon.text.encode_continuation`
+    gives them); their last occurrence inside row ``i``'s labelled span is marked. A row whose
+    completion does not contain them verbatim (a tokenizer that merges across the boundary)
+    counts entirely as target, so EAFT restricted to "surrounding" tokens never weights the edit.
+    """
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for row, wanted in enumerate(target_ids):
+        positions = (labels[row] != IGNORE_INDEX).nonzero().flatten().tolist()
+        tokens = labels[row, positions].tolist()
+        n = len(wanted)
+        starts = [i for i in range(len(tokens) - n + 1) if n and tokens[i : i + n] == list(wanted)]
+        chosen = positions[starts[-1] : starts[-1] + n] if starts else positions
+        mask[row, chosen] = True
+    return mask
+
+
+def eaft_token_weights(
+    logits: torch.Tensor, labels: torch.Tensor, options: EaftOptions, target_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Loss weights aligned with ``labels``: :func:`entropy_adaptive_weights` on the tokens that
+    ``options.tokens`` selects (``target_mask`` marks the edit target's tokens; None means every
+    labelled token is target), 1 elsewhere."""
+    weights = entropy_adaptive_weights(logits, top_k=options.top_k, alpha=options.alpha)
+    if options.tokens == "all":
+        return weights
+    is_target = target_mask if target_mask is not None else labels != IGNORE_INDEX
+    selected = is_target if options.tokens == "target" else ~is_target
+    return torch.where(selected, weights, torch.ones_like(weights))

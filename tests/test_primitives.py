@@ -87,6 +87,42 @@ def test_eaft_downweights_confident_conflict_tokens():
     assert loss_eaft < loss_plain
 
 
+def test_target_token_mask_marks_the_target_inside_its_answer_tags():
+    from easyetcon.training import target_token_mask
+
+    labels = torch.tensor([
+        [-100, -100, 40, 7, 8, 41],  # <answer> 7 8 </answer>
+        [-100, 7, 8, 50, -100, -100],  # 7 8 . (padding after)
+        [-100, -100, 40, 9, 41, -100],  # the target's tokens do not occur: everything counts as target
+    ])
+    mask = target_token_mask(labels, [[7, 8], [7, 8], [7, 8]])
+    assert mask[0].tolist() == [False, False, False, True, True, False]
+    assert mask[1].tolist() == [False, True, True, False, False, False]
+    assert mask[2].tolist() == [False, False, True, True, True, False]
+
+
+@pytest.mark.parametrize("tokens,weighted", [("all", {2, 3, 4}), ("target", {3}), ("surrounding", {2, 4})])
+def test_eaft_token_scope_weights_only_the_chosen_tokens(tokens, weighted):
+    from easyetcon.training import EaftOptions, eaft_token_weights, target_token_mask
+
+    logits = torch.zeros(1, 5, 30)
+    logits[0, :, 0] = 15.0  # every position is sure of token 0: entropy ~0, weight ~0
+    labels = torch.tensor([[-100, -100, 40, 7, 41]])
+    weights = eaft_token_weights(logits, labels, EaftOptions(tokens=tokens), target_token_mask(labels, [[7]]))
+    low = {i for i in range(1, 5) if weights[0, i] < 0.01}
+    assert low & {2, 3, 4} == weighted
+
+
+def test_eaft_options_reject_bad_values():
+    from pydantic import ValidationError
+
+    from easyetcon.training import EaftOptions
+
+    for bad in ({"top_k": 1}, {"alpha": 0}, {"tokens": "prompt"}, {"k": 20}):
+        with pytest.raises(ValidationError):
+            EaftOptions(**bad)
+
+
 def test_eaft_rejects_tiny_k():
     from easyetcon.training import entropy_adaptive_weights
 

@@ -11,7 +11,8 @@ a trust region that keeps the edit from over-fitting the new fact and drifting t
 chain step, so ``rounds=1`` is exactly one trust region around the pre-step model, and each
 further round lets probabilities rise by another factor of at most (1 + eps).
 
-Optional EAFT weighting multiplies each token's term by its normalised top-K entropy.
+Optional EAFT weighting multiplies each token's term by its normalised top-K entropy, on every
+completion token or (``eaft.tokens``) only the edit target's tokens or only the tokens around them.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.requests import EditRequest
-from easyetcon.text import build_target_batch
-from easyetcon.training import entropy_adaptive_weights, trainable_only
+from easyetcon.text import build_target_batch, encode_continuation
+from easyetcon.training import EaftOptions, eaft_token_weights, target_token_mask, trainable_only
 from easyetcon_consolidation.common import (
     FfnSelection,
     LifelongSchedule,
@@ -33,13 +34,6 @@ from easyetcon_consolidation.common import (
     ffn_weight_names,
     training_pairs,
 )
-
-
-class EaftOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    top_k: int = Field(default=20, ge=2, description="K of the top-K entropy.")
-    alpha: float = Field(default=1.0, gt=0, description="Exponent applied to the normalised entropy.")
 
 
 class TPSFTConfig(BaseModel):
@@ -67,10 +61,15 @@ class TPSFT:
         chosen = self.state.advance(requests)
         if chosen is None:
             return
-        pairs = [pair for request in chosen for pair in training_pairs(request, self.config.prompts)]
+        pairs, targets_of_pairs = [], []
+        for request in chosen:
+            for pair in training_pairs(request, self.config.prompts):
+                pairs.append(pair)
+                targets_of_pairs.append(encode_continuation(model.tokenizer, request.target_new))
         if not pairs:
             raise ValueError("no training prompts: enable prompts.cloze or give the requests question prompts")
         batch = build_target_batch(model.tokenizer, [p for p, _ in pairs], [c for _, c in pairs]).to(model.device)
+        is_target = target_token_mask(batch.labels, targets_of_pairs)
         mask = (batch.labels[:, 1:] != -100).float()
         targets = batch.labels[:, 1:].clamp(min=0).unsqueeze(-1)
         net = model.torch_model
@@ -92,7 +91,7 @@ class TPSFT:
                     surrogate = torch.minimum(ratio, ratio.clamp(1 - eps, 1 + eps))
                     weights = mask
                     if self.config.eaft is not None:
-                        eaft = entropy_adaptive_weights(logits, top_k=self.config.eaft.top_k, alpha=self.config.eaft.alpha)
+                        eaft = eaft_token_weights(logits, batch.labels, self.config.eaft, is_target)
                         weights = mask * eaft[:, 1:]
                     loss = -(surrogate * weights).sum() / mask.sum()
                     optimizer.zero_grad()

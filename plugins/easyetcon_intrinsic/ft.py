@@ -11,8 +11,9 @@ differ in the loss:
   one-token target this is the usual next-token loss).
 * **FT-M** feeds ``prompt + target`` and scores each target token at its own position with
   teacher forcing, masking the prompt: ``-Σ_j w_j log p(t_j | prompt, t_<j) / n``. The weights
-  ``w_j`` come from ``token_weighting`` (only ``"uniform"`` so far; entropy-adaptive weights
-  such as EAFT plug in at :meth:`FineTuneMasked.token_weights`).
+  ``w_j`` are 1, or with the ``eaft`` option each token's normalised top-K entropy (EAFT,
+  arXiv 2601.02151): a token the model confidently predicts as something else pulls less, which
+  limits how much of what the model knows the edit overwrites.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import RequestError
 from easyetcon.text import IGNORE_INDEX, TargetBatch, build_target_batch, encode_continuation
-from easyetcon.training import clamp_to_box, masked_token_nll, trainable_only
+from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, trainable_only
 from easyetcon_intrinsic.keys import pad_id_of, pad_right
 from easyetcon_intrinsic.layers import resolve_layers
 
@@ -59,7 +60,9 @@ class FineTuneConfig(BaseModel):
 class FTMConfig(FineTuneConfig):
     """Options of ``ft-m``: those of fine-tuning plus how target tokens are weighted."""
 
-    token_weighting: Literal["uniform"] = Field(default="uniform", description="weight of each target token in the loss")
+    eaft: EaftOptions | None = Field(
+        default=None, description="entropy-adaptive token weights (EAFT); null: every target token counts once"
+    )
 
 
 def _parameter_names(model: Any, config: FineTuneConfig, requests: Sequence[Any]) -> list[str]:
@@ -119,9 +122,9 @@ class FineTuneMasked:
 
     def token_weights(self, logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor | None:
         """Per-token loss weights aligned with ``batch.labels`` (``None``: every target token counts once)."""
-        if self.config.token_weighting == "uniform":
+        if self.config.eaft is None:
             return None
-        raise NotImplementedError(self.config.token_weighting)  # pragma: no cover - guarded by the config
+        return eaft_token_weights(logits, batch.labels, self.config.eaft)
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         batch = build_target_batch(model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])

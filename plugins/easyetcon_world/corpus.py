@@ -6,6 +6,12 @@ fact from an unseen phrasing if the *other* subjects' facts come in many phrasin
 templates, half of them grouped into a biography of the subject in a random order and half as
 standalone sentences, plus question-answer forms and, for some subjects, multi-hop questions
 answered with a short reasoning chain.
+
+A share of the facts also comes as an *in-context update*: a sentence stating a different object,
+then the fact asked again, answered with the stated object; and, as often, a stated fact about
+another subject, which must not change the answer. Real language models learn from their corpus
+to use facts written in front of a prompt; without such documents a small model ignores them, and
+in-context editors (retrieval memory) could not be measured on the fact world.
 """
 
 from __future__ import annotations
@@ -39,6 +45,13 @@ class CorpusConfig(BaseModel):
     )
     plain_multi_hop: bool = Field(
         default=True, description="also state trained multi-hop facts as one plain sentence"
+    )
+    context_updates: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of facts shown, per epoch, as an in-context update (plus as many "
+        "documents where a stated fact about another subject must be ignored)",
     )
 
 
@@ -97,8 +110,41 @@ def world_documents(world: World, epoch: int, config: CorpusConfig, seed: int = 
             plain = TWO_HOPS[question.kind].plain.format(s=question.subject)
             documents.append(f"{plain} {question.answer}.")
 
+    documents.extend(context_update_documents(world, rng, config.context_updates))
     rng.shuffle(documents)
     return documents
+
+
+def context_update_documents(world: World, rng: random.Random, share: float) -> list[str]:
+    """For a ``share`` of the facts: ``<s r o'>. <s r' o'>.`` (a stated object overrides the
+    memorised one, in a trained phrasing or the question form) and ``<s' r o'>. <s r' o>.`` (a
+    fact about another subject changes nothing)."""
+    objects: dict[str, list[str]] = {}
+    subjects: dict[str, list[str]] = {}
+    for fact in world.facts:
+        objects.setdefault(fact.relation, []).append(fact.object)
+        subjects.setdefault(fact.relation, []).append(fact.subject)
+    documents = []
+    for fact in world.facts:
+        if rng.random() >= share:
+            continue
+        choices = sorted(set(objects[fact.relation]) - {fact.object})
+        if not choices:
+            continue
+        stated = rng.choice(choices)
+        documents.append(f"{statement(fact.relation, 0, fact.subject, stated)} {_ask(fact, stated, rng)}")
+        other = rng.choice(subjects[fact.relation])
+        if other != fact.subject:
+            documents.append(f"{statement(fact.relation, 0, other, stated)} {_ask(fact, fact.object, rng)}")
+    return documents
+
+
+def _ask(fact, answer: str, rng: random.Random) -> str:
+    """The fact in one of its trained phrasings or trained questions, answered with ``answer``."""
+    if fact.trained_questions and rng.random() < 0.5:
+        question = RELATIONS[fact.relation].questions[rng.choice(fact.trained_questions)]
+        return qa_text(question.format(s=fact.subject), answer)
+    return statement(fact.relation, rng.choice(fact.trained_templates), fact.subject, answer)
 
 
 def dataset_documents(world: DatasetWorld, epoch: int, seed: int = 0) -> list[str]:

@@ -56,6 +56,16 @@ def test_eaft_changes_the_update(host):
     assert plain.state_hash() != weighted.state_hash()
 
 
+def test_eaft_on_target_or_surrounding_tokens_gives_different_updates(host):
+    request = tiny_requests()[1]
+    hashes = {}
+    for tokens in ("all", "target", "surrounding"):
+        model = tiny_model(registry=host.registry)
+        EditChain([("tpsft", {"rounds": 3, "eaft": {"tokens": tokens}})]).apply(model, [request])
+        hashes[tokens] = model.state_hash()
+    assert len(set(hashes.values())) == 3
+
+
 def test_lifelong_schedule_every_two_over_all_seen(host):
     model = tiny_model(registry=host.registry)
     chain = EditChain([("tpsft", {"rounds": 2, "schedule": {"every": 2, "scope": "all"}})])

@@ -20,7 +20,7 @@ class TestFTL(EditorConformance):
 class TestFTM(EditorConformance):
     editor = "ft-m"
     options = {"steps": 40, "learning_rate": 0.05, "layers": [-1]}
-    invalid_options = [{"token_weighting": "entropy"}, {"layers": "trace"}, {"stop_loss": 0}]
+    invalid_options = [{"eaft": {"top_k": 1}}, {"layers": "trace"}, {"stop_loss": 0}]
     architectures = ARCHITECTURES
     request_count = 2
 

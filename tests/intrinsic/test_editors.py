@@ -112,6 +112,19 @@ def test_fine_tuning_respects_the_linf_bound_on_every_declared_weight():
         assert 5e-4 < moved <= 1e-3 + 1e-7
 
 
+def test_ft_m_eaft_option_weights_the_loss_and_still_edits():
+    request = tiny_requests()[0]
+    results = {}
+    for name, extra in (("plain", {}), ("eaft", {"eaft": {"top_k": 20}}), ("surrounding", {"eaft": {"tokens": "surrounding"}})):
+        model = make()
+        EditChain([("ft-m", {"steps": 20, "learning_rate": 0.02, "layers": [1], **extra})]).apply(model, [request])
+        results[name] = model
+    assert results["eaft"].state_hash() != results["plain"].state_hash()
+    # FT-M's completion is the target alone, so weighting only the surrounding tokens changes nothing
+    assert results["surrounding"].state_hash() == results["plain"].state_hash()
+    assert results["eaft"].predicts(request.prompt, request.target_new)
+
+
 def test_ft_l_and_ft_m_agree_on_one_token_targets():
     requests = subject_final_requests()  # one-token targets: FT-L's last-position loss is FT-M's loss
     models = {}
