@@ -87,8 +87,10 @@ class LifelongSchedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     every: int = Field(default=1, ge=1, description="Run on every Nth chain application (1 = every time).")
-    scope: Literal["current", "all"] = Field(
-        default="current", description="Consolidate the current requests, or every request seen so far."
+    scope: Literal["current", "since_last", "all"] = Field(
+        default="current",
+        description="Consolidate the current requests, those seen since this consolidator last ran "
+        "(with every=N: the last N applications), or every request seen so far.",
     )
 
 
@@ -99,6 +101,7 @@ class ScheduleState:
         self.schedule = schedule
         self.calls = 0
         self.seen: dict[str, EditRequest] = {}
+        self.since_last: dict[str, EditRequest] = {}
 
     def fires_next(self) -> bool:
         return (self.calls + 1) % self.schedule.every == 0
@@ -109,6 +112,8 @@ class ScheduleState:
         self.calls += 1
         for request in requests:
             self.seen[request.request_id] = request  # a newer edit of the same id replaces the old
+            self.since_last[request.request_id] = request
         if not fires:
             return None
-        return list(self.seen.values()) if self.schedule.scope == "all" else list(requests)
+        recent, self.since_last = list(self.since_last.values()), {}
+        return {"all": list(self.seen.values()), "since_last": recent, "current": list(requests)}[self.schedule.scope]

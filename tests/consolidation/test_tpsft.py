@@ -75,6 +75,17 @@ def test_lifelong_schedule_every_two_over_all_seen(host):
     assert chain.steps[0].editor.state.seen.keys() == {"tiny-0", "tiny-1", "tiny-2"}
 
 
+def test_schedule_since_last_consolidates_the_requests_of_the_window():
+    from easyetcon_consolidation.common import LifelongSchedule, ScheduleState
+
+    state = ScheduleState(LifelongSchedule(every=2, scope="since_last"))
+    a, b, c = tiny_requests()
+    assert state.advance([a]) is None
+    assert [r.request_id for r in state.advance([b])] == [a.request_id, b.request_id]
+    assert state.advance([c]) is None
+    assert [r.request_id for r in state.advance([a])] == [c.request_id, a.request_id]
+
+
 def test_layer_out_of_range_is_named_and_the_model_is_untouched(host):
     model = tiny_model(registry=host.registry)
     original = model.state_hash()
