@@ -7,11 +7,13 @@ templates, half of them grouped into a biography of the subject in a random orde
 standalone sentences, plus question-answer forms and, for some subjects, multi-hop questions
 answered with a short reasoning chain.
 
-A share of the facts also comes as an *in-context update*: a sentence stating a different object,
-then the fact asked again, answered with the stated object; and, as often, a stated fact about
-another subject, which must not change the answer. Real language models learn from their corpus
-to use facts written in front of a prompt; without such documents a small model ignores them, and
-in-context editors (retrieval memory) could not be measured on the fact world.
+A share of the facts also comes as an *in-context update* (:func:`context_documents`): a
+sentence stating a different object, then the fact asked again, answered with the stated object;
+and, as often, a stated fact about another subject, which must not change the answer. Real
+language models learn from their corpus to use facts written in front of a prompt; without such
+documents a small model ignores them, and in-context editors (retrieval memory) could not be
+measured on the fact world. The stated sentence is context only: pretraining computes no loss on
+it, so the model never learns the counterfactual itself.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class CorpusConfig(BaseModel):
         default=True, description="also state trained multi-hop facts as one plain sentence"
     )
     context_updates: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0.0,
         le=1.0,
         description="share of facts shown, per epoch, as an in-context update (plus as many "
@@ -110,15 +112,22 @@ def world_documents(world: World, epoch: int, config: CorpusConfig, seed: int = 
             plain = TWO_HOPS[question.kind].plain.format(s=question.subject)
             documents.append(f"{plain} {question.answer}.")
 
-    documents.extend(context_update_documents(world, rng, config.context_updates))
     rng.shuffle(documents)
     return documents
 
 
-def context_update_documents(world: World, rng: random.Random, share: float) -> list[str]:
-    """For a ``share`` of the facts: ``<s r o'>. <s r' o'>.`` (a stated object overrides the
-    memorised one, in a trained phrasing or the question form) and ``<s' r o'>. <s r' o>.`` (a
-    fact about another subject changes nothing)."""
+def context_documents(world: World | DatasetWorld, epoch: int, config: CorpusConfig, seed: int = 0) -> list[tuple[str, str]]:
+    """``(context, text)`` pairs of one epoch; pretraining puts no loss on ``context``.
+
+    For a ``config.context_updates`` share of the facts: ``(<s r o'>., <s r' o'>.)`` (a stated
+    object overrides the memorised one, in a trained phrasing or question) and
+    ``(<s' r o'>., <s r' o>.)`` (a fact stated about another subject changes nothing)."""
+    from easyetcon_world.from_dataset import DatasetWorld
+
+    if isinstance(world, DatasetWorld) or config.context_updates == 0:
+        return []
+    rng = random.Random(f"easyetcon-context:{seed}:{epoch}")
+    share = config.context_updates
     objects: dict[str, list[str]] = {}
     subjects: dict[str, list[str]] = {}
     for fact in world.facts:
@@ -132,10 +141,10 @@ def context_update_documents(world: World, rng: random.Random, share: float) -> 
         if not choices:
             continue
         stated = rng.choice(choices)
-        documents.append(f"{statement(fact.relation, 0, fact.subject, stated)} {_ask(fact, stated, rng)}")
+        documents.append((statement(fact.relation, 0, fact.subject, stated), _ask(fact, stated, rng)))
         other = rng.choice(subjects[fact.relation])
         if other != fact.subject:
-            documents.append(f"{statement(fact.relation, 0, other, stated)} {_ask(fact, fact.object, rng)}")
+            documents.append((statement(fact.relation, 0, other, stated), _ask(fact, fact.object, rng)))
     return documents
 
 

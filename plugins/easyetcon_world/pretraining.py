@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from easyetcon_world.corpus import CorpusConfig, epoch_documents
+from easyetcon_world.corpus import CorpusConfig, context_documents, epoch_documents
 from easyetcon_world.errors import WorldCacheError, WorldConfigError
 from easyetcon_world.tokenizer import train_tokenizer
 from easyetcon_world.world import World
@@ -246,29 +246,45 @@ def record_knowledge(directory: Path, numbers: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pack(documents: list[list[int]], block_size: int, pad_id: int) -> list[list[int]]:
-    """Greedy packing of whole documents into blocks; a fact is never cut at a block boundary."""
-    blocks, current = [], []
-    for ids in documents:
+def _pack(
+    documents: list[tuple[list[int], int]], block_size: int, pad_id: int
+) -> tuple[list[list[int]], list[list[bool]]]:
+    """Greedy packing of whole documents into blocks; a fact is never cut at a block boundary.
+    Each document is ``(ids, untrained)``: its first ``untrained`` tokens get no loss. Returns
+    the blocks and, per block, which positions are trained."""
+    blocks, trained, current, flags = [], [], [], []
+    for ids, untrained in documents:
         ids = ids[:block_size]
         if len(current) + len(ids) > block_size:
             blocks.append(current + [pad_id] * (block_size - len(current)))
-            current = []
+            trained.append(flags + [False] * (block_size - len(flags)))
+            current, flags = [], []
         current = current + ids
+        flags = flags + [i >= untrained for i in range(len(ids))]
     if current:
         blocks.append(current + [pad_id] * (block_size - len(current)))
-    return blocks
+        trained.append(flags + [False] * (block_size - len(flags)))
+    return blocks, trained
 
 
-def _epoch_blocks(world, epoch: int, config: TrainConfig, tokenizer) -> torch.Tensor:
+def _epoch_blocks(world, epoch: int, config: TrainConfig, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token blocks of one epoch and their labels (-100 on padding and on untrained context)."""
     documents = epoch_documents(world, epoch, config.corpus, config.seed)
-    encoded = tokenizer(documents, add_special_tokens=True)["input_ids"]  # <bos> doc
-    encoded = [ids + [tokenizer.eos_token_id] for ids in encoded]
-    blocks = _pack(encoded, config.block_size, tokenizer.pad_token_id)
+    encoded = [(ids + [tokenizer.eos_token_id], 0) for ids in tokenizer(documents)["input_ids"]]  # <bos> doc <eos>
+    for context, text in context_documents(world, epoch, config.corpus, config.seed):
+        context_ids = tokenizer(context)["input_ids"]
+        ids = tokenizer(f"{context} {text}")["input_ids"]
+        # words start with their space, so the pair's tokens begin with the context's own tokens
+        untrained = len(context_ids) if ids[: len(context_ids)] == context_ids else 0
+        encoded.append((ids + [tokenizer.eos_token_id], untrained))
+    random.Random(f"easyetcon-documents:{config.seed}:{epoch}").shuffle(encoded)
+    blocks, trained = _pack(encoded, config.block_size, tokenizer.pad_token_id)
     order = random.Random(f"easyetcon-blocks:{config.seed}:{epoch}").sample(
         range(len(blocks)), len(blocks)
     )
-    return torch.tensor([blocks[i] for i in order], dtype=torch.long)
+    ids = torch.tensor([blocks[i] for i in order], dtype=torch.long)
+    labels = ids.masked_fill(~torch.tensor([trained[i] for i in order]), -100)
+    return ids, labels
 
 
 def build_model(config: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -307,7 +323,7 @@ def train_model(
     model = build_model(config, tokenizer)
     model.train()
 
-    blocks = _epoch_blocks(world, 0, config, tokenizer)
+    blocks, block_labels = _epoch_blocks(world, 0, config, tokenizer)
     steps_per_epoch = math.ceil(len(blocks) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -338,12 +354,12 @@ def train_model(
         if step >= total_steps:
             break
         if epoch > 0:
-            blocks = _epoch_blocks(world, epoch, config, tokenizer)
+            blocks, block_labels = _epoch_blocks(world, epoch, config, tokenizer)
         for start in range(0, len(blocks), config.batch_size):
             if step >= total_steps:
                 break
             batch = blocks[start : start + config.batch_size]
-            labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
+            labels = block_labels[start : start + config.batch_size]
             # padding only ever follows the last document of a block, so causal attention alone
             # keeps real tokens from seeing it; no mask also means the faster attention kernel
             loss = model(input_ids=batch, labels=labels).loss

@@ -111,3 +111,41 @@ def test_answer_extraction_and_whole_word_matching():
     assert extract_answer(" Pelmora is nice") is None
     assert continuation_matches(" Pelmora.", "Pelmora")
     assert not continuation_matches(" Pelmoraton.", "Pelmora")
+
+
+def test_context_documents_answer_from_the_stated_fact_only_for_its_subject(tiny):
+    from easyetcon_world.corpus import context_documents
+
+    pairs = context_documents(tiny, 0, CorpusConfig())
+    truth = {(f.subject, f.relation): f.object for f in tiny.facts}
+    by_prompt = {f.prompt(0): f for f in tiny.facts}
+    assert len(pairs) > len(tiny.facts)  # every fact's update, and most of their distractors
+    overrides = distractors = 0
+    for context, text in pairs:
+        stated_about = next(f for p, f in by_prompt.items() if context.startswith(p + " "))
+        stated = context[len(stated_about.prompt(0)) + 1 : -1]
+        asked = next(f for f in tiny.facts if f.subject in text and f.relation == stated_about.relation)
+        answer = truth[(asked.subject, asked.relation)]
+        said = text.removesuffix(" </answer>").removesuffix(".")
+        if asked.subject == stated_about.subject:
+            assert stated != answer and said.endswith(stated)
+            overrides += 1
+        else:
+            assert said.endswith(answer)
+            distractors += 1
+        assert all(asked.prompt(t) not in text for t in asked.heldout_templates)
+    assert overrides and distractors
+    assert context_documents(tiny, 0, CorpusConfig(context_updates=0)) == []
+
+
+def test_pretraining_puts_no_loss_on_stated_context(tiny):
+    from easyetcon_world.pretraining import _epoch_blocks, default_train_config, train_tokenizer
+    from easyetcon_world.corpus import epoch_documents
+
+    config = default_train_config("tiny")
+    tokenizer = train_tokenizer(epoch_documents(tiny, 0, config.corpus), config.vocab_size)
+    ids, labels = _epoch_blocks(tiny, 0, config, tokenizer)
+    without, plain_labels = _epoch_blocks(tiny, 0, config.model_copy(update={"corpus": CorpusConfig(context_updates=0)}), tokenizer)
+    untrained = ((labels == -100) & (ids != tokenizer.pad_token_id)).sum()
+    assert untrained > 0  # the stated sentences are in the blocks but carry no loss
+    assert ((plain_labels == -100) & (without != tokenizer.pad_token_id)).sum() == 0
