@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from easyetcon.plugins import PluginHost, set_host
 from tests import toy_plugins
@@ -18,6 +19,15 @@ def require_example_plugin(host: PluginHost) -> None:
         if IN_CI:
             pytest.fail("CI must install examples/easyetcon-example-editor (see .ci/run)")
         pytest.skip("examples/easyetcon-example-editor is not installed")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

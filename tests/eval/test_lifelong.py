@@ -115,3 +115,14 @@ def test_resuming_needs_the_same_model_chain_and_requests(fresh, tmp_path):
 def test_retention_sample_caps_the_scored_requests(fresh):
     result = run_lifelong(fresh(), ["toy-shift"], requests(), schedule="every:2", retention_sample=3, baseline=False, **FAST)
     assert [p["teacher-forced@1"]["n"] for p in result.curve] == [2, 3, 3, 3]
+
+
+def test_a_re_edited_fact_is_scored_by_its_newest_request_only():
+    from easyetcon_eval.lifelong import _retention_subset
+
+    first = requests(3)
+    again = first[1].model_copy(update={"target_new": "Oslo", "case_id": "r1-again"})
+    stream = [*first, again]
+    assert [r.case_id for r in _retention_subset(stream, 4, None)] == ["r0", "r2", "r1-again"]
+    assert [r.case_id for r in _retention_subset(stream, 3, None)] == ["r0", "r1", "r2"]
+    assert len(_retention_subset(stream, 4, 2)) == 2
