@@ -120,15 +120,17 @@ def describe_chain(chain: Any) -> list[dict[str, Any]]:
 
 
 def _retention_subset(requests: Sequence[EditRequest], edited: int, sample: int | None) -> list[EditRequest]:
-    """The first ``edited`` requests, or a stable random subset of ``sample`` of them (the same
-    requests stay in the subset as the run grows)."""
-    done = list(requests[:edited])
-    if sample is None or len(done) <= sample:
-        return done
+    """The first ``edited`` requests less those a later one re-edits (same subject and prompt:
+    the newest edit of a fact is the one that should hold), or a stable random subset of
+    ``sample`` of them (the same requests stay in the subset as the run grows)."""
+    latest = {(r.subject, r.prompt): i for i, r in enumerate(requests[:edited])}
+    current = sorted(latest.values())
+    if sample is None or len(current) <= sample:
+        return [requests[i] for i in current]
     rng = random.Random(0)
     priority = [rng.random() for _ in range(len(requests))]
-    chosen = sorted(range(edited), key=lambda i: priority[i])[:sample]
-    return [done[i] for i in sorted(chosen)]
+    chosen = sorted(current, key=lambda i: priority[i])[:sample]
+    return [requests[i] for i in sorted(chosen)]
 
 
 def _complete_groups(journal: Journal, groups: list[list[str]], steps: int) -> tuple[int, list[int], list[int]]:
@@ -181,7 +183,8 @@ def run_lifelong(
     ``baseline=True`` computes the unedited model's outputs once (cached in ``out_dir``), so
     locality is also scored as agreement; pass a :class:`Baseline` to reuse one, or ``False``.
     ``retention_sample`` caps the number of requests scored at each retention point (a stable
-    random subset). With ``out_dir``, the run is journalled and resumable, and (``report=True``)
+    random subset). A request that edits a fact again (same subject and prompt) replaces the
+    earlier one in every later retention point. With ``out_dir``, the run is journalled and resumable, and (``report=True``)
     ``results.json``, ``results.md`` and ``retention.png`` are written at the end.
     """
     requests = parse_requests(requests, source="lifelong requests")
