@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from easyetcon_world import load_pretrained, measure_knowledge
-from easyetcon_world.knowledge import FLOORS
+from easyetcon_world.knowledge import FLOORS, measure_in_context
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, world = load_pretrained(args.model)
     started = time.perf_counter()
     numbers = measure_knowledge(model, tokenizer, world, sample=args.sample, seed=args.seed)
+    in_context = measure_in_context(model, tokenizer, world, sample=args.sample, seed=args.seed)
     seconds = time.perf_counter() - started
 
     rows = [
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             numbers["multi_hop_plain"]["n"],
             None,
         ),
+        ("fact stated in front, same phrasing", in_context["override"], in_context["n"], None),
+        ("fact stated in front, held-out phrasing", in_context["override_heldout"], in_context["n"], None),
+        ("fact about another subject stated, ignored", in_context["ignored"], in_context["n"], None),
     ]
     print(
         f"model: {args.model or 'shipped default'}   world: {world.config.preset} seed {world.config.seed}   "

@@ -136,6 +136,38 @@ def qa_accuracy(
     return {"exact_match": sum(correct) / len(correct), "n": len(prompts)}
 
 
+def measure_in_context(model, tokenizer, world: World, sample: int | None = None, seed: int = 0) -> dict:
+    """How well the model answers from a fact stated in front of the prompt (what in-context
+    editors such as retrieval memory rely on). For each person fact, another object ``o'`` of its
+    relation is stated with the edit phrasing, ``"<s r o'>. "``, then the fact is asked again:
+
+    * ``override``: asked with the same phrasing; the answer must be ``o'`` (greedy);
+    * ``override_heldout``: asked with a phrasing held out for this subject; must be ``o'``;
+    * ``ignored``: the stated fact is about *another* subject; the answer must stay ``o``.
+    """
+    rng = random.Random(f"easyetcon-in-context:{seed}")
+    facts = [f for f in world.facts if f.relation in {"lives_in", "born_in", "works_for"}]
+    if sample is not None and sample < len(facts):
+        facts = rng.sample(facts, sample)
+    objects: dict[str, list[str]] = {}
+    for fact in world.facts:
+        objects.setdefault(fact.relation, []).append(fact.object)
+    rows: dict[str, tuple[list[str], list[str]]] = {"override": ([], []), "override_heldout": ([], []), "ignored": ([], [])}
+    for fact in facts:
+        stated = rng.choice(sorted(set(objects[fact.relation]) - {fact.object}))
+        context = f"{fact.prompt(0)} {stated}."
+        rows["override"][0].append(f"{context} {fact.prompt(0)}")
+        rows["override"][1].append(stated)
+        rows["override_heldout"][0].append(f"{context} {fact.prompt(rng.choice(fact.heldout_templates))}")
+        rows["override_heldout"][1].append(stated)
+        other = rng.choice([f for f in facts if f.relation == fact.relation and f.subject != fact.subject])
+        rows["ignored"][0].append(f"{other.prompt(0)} {stated}. {fact.prompt(0)}")
+        rows["ignored"][1].append(fact.object)
+    return {name: cloze_accuracy(model, tokenizer, prompts, answers)["greedy"] for name, (prompts, answers) in rows.items()} | {
+        "n": len(facts)
+    }
+
+
 def measure_knowledge(
     model,
     tokenizer,
