@@ -45,7 +45,7 @@ import torch
 from easyetcon.chain import EditChain
 from easyetcon.model import load_model
 from easyetcon.plugins import get_host
-from easyetcon_eval import compute_baseline, evaluate_edits, run_lifelong
+from easyetcon_eval import compute_baseline, run_lifelong
 
 PROTOCOLS = ("teacher-forced", "generation")
 METRICS = ("reliability", "generalization", "locality", "portability")

@@ -1,7 +1,6 @@
 """Architecture adapters for every supported family, and the structural fallback."""
 
 import pytest
-import torch
 from torch import nn
 
 from easyetcon.adapters import ArchitectureAdapter, infer_adapter

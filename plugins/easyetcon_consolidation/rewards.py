@@ -13,7 +13,6 @@ failed format zero the total.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 from easyetcon.errors import ConfigError, PluginError

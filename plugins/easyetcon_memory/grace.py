@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -41,7 +41,7 @@ from easyetcon.registry import format_field_errors
 from easyetcon.requests import EditRequest
 from easyetcon.text import build_target_batch
 from easyetcon.training import masked_token_nll, trainable_only
-from easyetcon_memory.scope import sweep_cutoff
+from easyetcon_memory.scope import ScopeQuality, sweep_cutoff
 from easyetcon_memory.storage import StoreCache
 
 HOOKS_ATTRIBUTE = "_easyetcon_grace_hooks"  # on the hooked module: store name -> hook handle
@@ -255,8 +255,8 @@ def _capture(model: Any, module: torch.nn.Module, batch: Any, positions: list[in
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RadiusCalibration:
+@dataclass(kw_only=True)
+class RadiusCalibration(ScopeQuality):
     """The chosen ``initial_radius`` and how the codebook's scope does at it (before any edit
     changes a radius): ``recall``, the share of rephrase prompts whose key lies within the
     radius of their own edit's key and nearest to it; ``specificity``, the share of locality
@@ -264,18 +264,6 @@ class RadiusCalibration:
     within range, the share that are rephrases of the edit they hit."""
 
     radius: float
-    precision: float
-    recall: float
-    specificity: float
-    positives: int
-    negatives: int
-    objective: str
-    curve: list[dict[str, float]] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("curve")
-        return data
 
 
 def calibrate_radius(
@@ -318,11 +306,7 @@ def calibrate_radius(
         -nearest.values, correct, -from_locality, lower=-farthest, upper=-1e-6,
         objective=objective, min_precision=min_precision, min_specificity=min_specificity,
     )
-    return RadiusCalibration(
-        radius=-choice.cutoff, precision=choice.precision, recall=choice.recall, specificity=choice.specificity,
-        positives=choice.positives, negatives=choice.negatives, objective=choice.objective,
-        curve=[{"radius": -r["cutoff"], **{k: r[k] for k in ("precision", "recall", "specificity")}} for r in choice.curve],
-    )
+    return RadiusCalibration(**choice.quality_as("radius", lambda cutoff: -cutoff))
 
 
 @torch.no_grad()

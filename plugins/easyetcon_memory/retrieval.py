@@ -46,7 +46,7 @@ from easyetcon.errors import ConfigError, EasyEtconError
 from easyetcon.records import MemoryStore
 from easyetcon.registry import format_field_errors
 from easyetcon.requests import EditRequest
-from easyetcon_memory.scope import NEVER, sweep_cutoff
+from easyetcon_memory.scope import NEVER, ScopeQuality, sweep_cutoff
 from easyetcon_memory.storage import StoreCache, require_entries
 
 SUBJECT_PLACEHOLDER = "someone"
@@ -518,29 +518,15 @@ def _same_fact(data: dict[str, Any], request: EditRequest) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ScopeCalibration:
-    """The chosen threshold and how the scope decision does at it.
-
-    ``precision``: of the queries put in scope, the share that were rephrases matched to their
-    own edit. ``recall``: of the rephrases, the share matched to their own edit.
-    ``specificity``: of the locality prompts, the share left out of scope.
-    """
+@dataclass(kw_only=True)
+class ScopeCalibration(ScopeQuality):
+    """The chosen threshold and how the scope decision does at it: ``precision``, of the
+    queries put in scope, the share that were rephrases matched to their own edit; ``recall``,
+    of the rephrases, the share matched to their own edit; ``specificity``, of the locality
+    prompts, the share left out of scope."""
 
     threshold: float
-    precision: float
-    recall: float
-    specificity: float
-    positives: int
-    negatives: int
-    objective: str
     retriever: str
-    curve: list[dict[str, float]] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("curve")
-        return data
 
 
 def calibrate_threshold(
@@ -592,9 +578,4 @@ def calibrate_threshold(
         torch.tensor([usable_score(m) for m in matches[len(positives):]]),
         lower=0.0, upper=1.0, objective=objective, min_precision=min_precision, min_specificity=min_specificity,
     )
-    return ScopeCalibration(
-        threshold=choice.cutoff, precision=choice.precision, recall=choice.recall,
-        specificity=choice.specificity, positives=choice.positives, negatives=choice.negatives,
-        objective=choice.objective, retriever=memory.retriever,
-        curve=[{"threshold": r["cutoff"], **{k: r[k] for k in ("precision", "recall", "specificity")}} for r in choice.curve],
-    )
+    return ScopeCalibration(**choice.quality_as("threshold"), retriever=memory.retriever)

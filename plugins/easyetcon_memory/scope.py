@@ -17,16 +17,16 @@ import torch
 from easyetcon.errors import ConfigError
 
 
-@dataclass
-class CutoffChoice:
-    """A chosen cut-off and how the scope decision does at it.
+@dataclass(kw_only=True)
+class ScopeQuality:
+    """How a scope decision does at a chosen cut-off.
 
     ``precision``: of the queries put in scope, the share that are positives matched to their
     own edit. ``recall``: of the positives, the share matched to their own edit.
-    ``specificity``: of the negatives, the share left out of scope.
+    ``specificity``: of the negatives, the share left out of scope. ``curve``: the same at
+    every candidate cut-off.
     """
 
-    cutoff: float
     precision: float
     recall: float
     specificity: float
@@ -39,6 +39,20 @@ class CutoffChoice:
         data = asdict(self)
         data.pop("curve")
         return data
+
+
+@dataclass(kw_only=True)
+class CutoffChoice(ScopeQuality):
+    """The cut-off :func:`sweep_cutoff` chose (a query hits when its score ``>= cutoff``)."""
+
+    cutoff: float
+
+    def quality_as(self, name: str, convert: Any = float) -> dict[str, Any]:
+        """Fields for a memory's own calibration record: the cut-off (and each curve point's)
+        renamed to ``name`` and passed through ``convert`` (e.g. negated for a radius)."""
+        fields = {key: getattr(self, key) for key in ("precision", "recall", "specificity", "positives", "negatives", "objective")}
+        curve = [{name: convert(r["cutoff"]), **{k: r[k] for k in ("precision", "recall", "specificity")}} for r in self.curve]
+        return {name: convert(self.cutoff), **fields, "curve": curve}
 
 
 def sweep_cutoff(

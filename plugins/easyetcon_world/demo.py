@@ -9,7 +9,6 @@ the scores of the generation protocol before and after.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
