@@ -138,7 +138,7 @@ class GRPOConsolidation:
                 beta=config.beta,
                 epsilon=config.epsilon,
                 temperature=config.temperature,
-                gradient_checkpointing=False,
+                activation_checkpointing=False,
                 save_strategy="no",
                 report_to="none",
                 logging_steps=max(config.steps, 1),
