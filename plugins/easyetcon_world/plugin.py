@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -111,8 +112,21 @@ def world_group() -> None:
     "--retrain", is_flag=True, help="train even if a cached (or the shipped) model matches"
 )
 @click.option("--sample", type=int, default=None, help="measure knowledge on this many facts only")
+@click.option(
+    "--train-option",
+    "train_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="change the preset's training recipe, e.g. intermediate_size=1536 or "
+    "corpus.context_updates=0.5 (VALUE is JSON; repeatable); the model is cached under its own key",
+)
 def build_command(
-    preset: str, seed: int, cache_dir: Path | None, retrain: bool, sample: int | None
+    preset: str,
+    seed: int,
+    cache_dir: Path | None,
+    retrain: bool,
+    sample: int | None,
+    train_options: tuple[str, ...],
 ) -> None:
     """Pretrain the world's model (or load it from the cache) and print what it knows."""
     from rich.console import Console
@@ -128,7 +142,7 @@ def build_command(
 
     console = Console()
     world = build_world(preset, seed)
-    config = default_train_config(preset)
+    config = with_train_options(default_train_config(preset), train_options)
     directory = None if retrain else _matching_shipped_model(world, config)
     if directory is not None:
         console.print(f"using the shipped model (same world and recipe): {directory}")
@@ -144,6 +158,40 @@ def build_command(
         if sample is None and _writable(directory):
             record_knowledge(directory, numbers)
     console.print(knowledge_table(numbers))
+
+
+def with_train_options(config: Any, options: Sequence[str]) -> Any:
+    """``config`` (a ``TrainConfig``) with ``KEY=VALUE`` overrides; ``corpus.KEY`` reaches the
+    corpus options. Values are JSON (a bare word is a string). Unknown keys and invalid values
+    are a usage error naming them."""
+    from pydantic import ValidationError
+
+    from easyetcon.registry import format_field_errors
+
+    data = config.model_dump()
+    for option in options:
+        key, sep, raw = option.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--train-option")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        target = data
+        for parent in parents:
+            if not isinstance(target.get(parent), dict):
+                raise click.BadParameter(f"{key!r}: {parent!r} has no options", param_hint="--train-option")
+            target = target[parent]
+        if leaf not in target:
+            raise click.BadParameter(
+                f"unknown option {key!r}; choose from {', '.join(sorted(target))}", param_hint="--train-option"
+            )
+        target[leaf] = value
+    try:
+        return type(config).model_validate(data)
+    except ValidationError as error:
+        raise click.BadParameter("; ".join(format_field_errors(error)), param_hint="--train-option") from None
 
 
 @world_group.command("info")

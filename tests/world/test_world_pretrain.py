@@ -152,6 +152,44 @@ def test_world_build_command_trains_caches_and_prints_knowledge(cache, monkeypat
     assert len(built) == 1 and verify_directory(built[0]) == []
 
 
+def test_train_options_change_the_recipe_and_bad_ones_are_named():
+    import click
+
+    from easyetcon_world.plugin import with_train_options
+
+    changed = with_train_options(QUICK, ["intermediate_size=96", "corpus.context_updates=0.25", "lr=0.001"])
+    assert (changed.intermediate_size, changed.corpus.context_updates, changed.lr) == (96, 0.25, 0.001)
+    assert with_train_options(QUICK, []) == QUICK
+    for bad, named in [
+        ("width=3", "unknown option 'width'"),
+        ("corpus.copies=2", "unknown option 'corpus.copies'"),
+        ("lr.x=1", "'lr' has no options"),
+        ("intermediate_size", "not KEY=VALUE"),
+        ("epochs=-1", "epochs"),
+        ("corpus.context_updates=2", "context_updates"),
+    ]:
+        with pytest.raises(click.BadParameter, match=named.replace("(", r"\(")):
+            with_train_options(QUICK, [bad])
+
+
+def test_world_build_with_a_train_option_caches_a_model_of_that_shape(cache, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from easyetcon_world.plugin import world_group
+
+    monkeypatch.setattr(pretrain_module, "default_train_config", lambda preset: QUICK)
+    result = CliRunner().invoke(
+        world_group,
+        ["build", "--preset", "tiny", "--cache-dir", str(tmp_path / "c"), "--sample", "5",
+         "--train-option", "intermediate_size=80"],
+    )
+    assert result.exit_code == 0, result.output
+    (built,) = (tmp_path / "c").iterdir()
+    assert json.loads((built / "config.json").read_text())["intermediate_size"] == 80
+    bad = CliRunner().invoke(world_group, ["build", "--preset", "tiny", "--train-option", "width=3"])
+    assert bad.exit_code != 0 and "unknown option 'width'" in bad.output
+
+
 @pytest.mark.slow
 def test_tiny_recipe_learns_its_world_including_heldout_phrasings(cache, tiny):
     import torch
