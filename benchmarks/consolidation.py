@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["tune", "test"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--model", default=None, help="world model folder (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/consolidation.json"))
     args = parser.parse_args()
     if args.threads:
@@ -122,7 +123,7 @@ def main() -> None:
     host = get_host()
     timer = StageTimer()
     host.register(timer, name="stage-timer")
-    folder = str(default_model_path())
+    folder = args.model or str(default_model_path())
     world = load_world(folder)
     requests = make_edit_requests(world, args.split, n=args.edits, seed=args.seed)
     baseline = compute_baseline(load_model(folder, registry=host.registry), requests, protocols=("generation", "teacher-forced"))
