@@ -43,6 +43,8 @@ GRPO = {"editor": "grpo", "group_size": 4, "prompts_per_step": 2, "steps": 8, "l
 TPSFT = {"editor": "tpsft", "rounds": 10, "steps_per_round": 1, "learning_rate": 1e-3, "epsilon": 0.5, "weights": FFN,
          "prompts": {"cloze": True, "questions": False}}
 TPSFT_QA = {**TPSFT, "prompts": {"cloze": True, "questions": True}}  # answers in <answer> tags: EAFT's "surrounding" tokens
+# Lifelong schedule: GRPO once every 10 edits, on the 10 edits since it last ran
+GRPO_EVERY_10 = {**GRPO, "steps": 20, "schedule": {"every": 10, "scope": "since_last"}}
 LORA = {"editor": "lora-merge", "rank": 4, "steps": 60, "learning_rate": 3e-3, "stop_loss": 0.5, "layers": [-1],
         "strategy": "linear", "merge_every": 10}
 
@@ -64,6 +66,8 @@ CHAINS: dict[str, list[dict]] = {
     "alphaedit+grpo": [editor("alphaedit"), GRPO],
     "tpsft": [TPSFT],
     "etcon": [TPSFT, GRPO],
+    "etcon-every10": [TPSFT, GRPO_EVERY_10],
+    "alphaedit+grpo-every10": [editor("alphaedit"), GRPO_EVERY_10],
     "lora-merge": [LORA],
     "lora-merge+grpo": [LORA, GRPO],
     # EAFT: on FT-M's target tokens, and on TPSFT's tagged completions (all / edit tokens / the tags)
