@@ -45,7 +45,7 @@ import torch
 from easyetcon.chain import EditChain
 from easyetcon.model import load_model
 from easyetcon.plugins import get_host
-from easyetcon_eval import compute_baseline, run_lifelong
+from easyetcon_eval import compute_baseline, latest_edits, run_lifelong
 
 PROTOCOLS = ("teacher-forced", "generation")
 METRICS = ("reliability", "generalization", "locality", "portability")
@@ -188,7 +188,7 @@ def part_retrieval_lifelong(path: str, world: Any, make_requests: Any, args: Any
         "retention_sample": args.lifelong_sample,
         "scores": scores(lifelong.final),
         "curve": [{"edits": p["edits"], **scores(p)} for p in lifelong.curve],
-        "scope_on_all_edits": scope_on(editor, model, list({(r.subject, r.prompt): r for r in requests}.values())),
+        "scope_on_all_edits": scope_on(editor, model, [requests[i] for i in latest_edits(requests)]),
         "seconds_per_edit": sum(per_edit) / max(len(per_edit), 1),
         "seconds_per_edit_last_100": sum(per_edit[-100:]) / max(len(per_edit[-100:]), 1),
         "seconds_per_query": seconds_per_query(model, query_prompts(requests), args.query_tokens),

@@ -116,4 +116,6 @@ class ScheduleState:
         if not fires:
             return None
         recent, self.since_last = list(self.since_last.values()), {}
-        return {"all": list(self.seen.values()), "since_last": recent, "current": list(requests)}[self.schedule.scope]
+        if self.schedule.scope == "all":
+            return list(self.seen.values())
+        return recent if self.schedule.scope == "since_last" else list(requests)

@@ -63,9 +63,10 @@ class TPSFT:
             return
         pairs, targets_of_pairs = [], []
         for request in chosen:
+            target_ids = encode_continuation(model.tokenizer, request.target_new)
             for pair in training_pairs(request, self.config.prompts):
                 pairs.append(pair)
-                targets_of_pairs.append(encode_continuation(model.tokenizer, request.target_new))
+                targets_of_pairs.append(target_ids)
         if not pairs:
             raise ValueError("no training prompts: enable prompts.cloze or give the requests question prompts")
         batch = build_target_batch(model.tokenizer, [p for p, _ in pairs], [c for _, c in pairs]).to(model.device)

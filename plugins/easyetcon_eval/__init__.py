@@ -21,7 +21,7 @@ from easyetcon_eval.evaluate import (
     evaluate_edits,
 )
 from easyetcon_eval.generation import greedy_continuations
-from easyetcon_eval.lifelong import LifelongResult, parse_schedule, run_lifelong
+from easyetcon_eval.lifelong import LifelongResult, latest_edits, parse_schedule, run_lifelong
 from easyetcon_eval.reports import compare_runs, write_report
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "extract_answer",
     "greedy_continuations",
     "normalize_answer",
+    "latest_edits",
     "parse_schedule",
     "run_lifelong",
     "write_report",

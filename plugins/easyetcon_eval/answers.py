@@ -11,7 +11,7 @@ import re
 import string
 from collections.abc import Iterable
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from easyetcon.text import ANSWER_CLOSE, ANSWER_OPEN
 
 #: Markers that end every answer.
 ANSWER_END_MARKERS: tuple[str, ...] = (ANSWER_CLOSE, "\n")

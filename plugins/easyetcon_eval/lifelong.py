@@ -119,12 +119,17 @@ def describe_chain(chain: Any) -> list[dict[str, Any]]:
     ]
 
 
+def latest_edits(requests: Sequence[EditRequest]) -> list[int]:
+    """Positions of the requests no later one re-edits (same subject and prompt), in order:
+    the newest edit of a fact is the one that should hold."""
+    return sorted({(r.subject, r.prompt): i for i, r in enumerate(requests)}.values())
+
+
 def _retention_subset(requests: Sequence[EditRequest], edited: int, sample: int | None) -> list[EditRequest]:
-    """The first ``edited`` requests less those a later one re-edits (same subject and prompt:
-    the newest edit of a fact is the one that should hold), or a stable random subset of
-    ``sample`` of them (the same requests stay in the subset as the run grows)."""
-    latest = {(r.subject, r.prompt): i for i, r in enumerate(requests[:edited])}
-    current = sorted(latest.values())
+    """The first ``edited`` requests less those a later one re-edits (:func:`latest_edits`), or a
+    stable random subset of ``sample`` of them (the same requests stay in the subset as the run
+    grows)."""
+    current = latest_edits(requests[:edited])
     if sample is None or len(current) <= sample:
         return [requests[i] for i in current]
     rng = random.Random(0)

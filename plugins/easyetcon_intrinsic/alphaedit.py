@@ -36,7 +36,7 @@ from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
 from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
 from easyetcon_intrinsic.solve import add_to_weight, nullspace_projector, projected_update
-from easyetcon_intrinsic.values import ValueOptimisation, optimise_value
+from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
 class AlphaEditConfig(BaseModel):
@@ -95,13 +95,7 @@ class AlphaEditConfig(BaseModel):
             raise ValueError("name at least one layer")
         return value
 
-    @field_validator("kl_prompts")
-    @classmethod
-    def _has_subject(cls, value: list[str]) -> list[str]:
-        bad = [prompt for prompt in value if "{subject}" not in prompt]
-        if bad:
-            raise ValueError(f"every essence prompt needs a '{{subject}}' placeholder; these have none: {bad}")
-        return value
+    _has_subject = field_validator("kl_prompts")(check_kl_prompts)
 
 
 class AlphaEdit:

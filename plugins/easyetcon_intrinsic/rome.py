@@ -33,7 +33,7 @@ from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
 from easyetcon_intrinsic.keys import fact_keys, make_prefixes
 from easyetcon_intrinsic.layers import resolve_layers
 from easyetcon_intrinsic.solve import add_to_weight, rank_one_update
-from easyetcon_intrinsic.values import ValueOptimisation, optimise_value
+from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
 class RomeConfig(BaseModel):
@@ -79,13 +79,7 @@ class RomeConfig(BaseModel):
     ridge: float = Field(default=1e-4, ge=0, description="C + ridge·(tr C/d)·I, so C is invertible")
     statistics: StatisticsConfig = Field(default_factory=StatisticsConfig, description="where C comes from")
 
-    @field_validator("kl_prompts")
-    @classmethod
-    def _has_subject(cls, value: list[str]) -> list[str]:
-        bad = [prompt for prompt in value if "{subject}" not in prompt]
-        if bad:
-            raise ValueError(f"every essence prompt needs a '{{subject}}' placeholder; these have none: {bad}")
-        return value
+    _has_subject = field_validator("kl_prompts")(check_kl_prompts)
 
 
 class Rome:

@@ -30,6 +30,14 @@ from easyetcon.training import trainable_only
 from easyetcon_intrinsic.keys import FactToken, add_to_output, capture_output, fact_positions, fill_prefixes, pad_id_of
 
 
+def check_kl_prompts(prompts: list[str]) -> list[str]:
+    """Validator of the ``kl_prompts`` option: every essence prompt names the subject."""
+    bad = [prompt for prompt in prompts if "{subject}" not in prompt]
+    if bad:
+        raise ValueError(f"every essence prompt needs a '{{subject}}' placeholder; these have none: {bad}")
+    return prompts
+
+
 @dataclass
 class ValueOptimisation:
     """Hyperparameters of the ``δ`` optimisation (every locate-then-edit config has these fields)."""

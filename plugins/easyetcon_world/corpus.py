@@ -128,16 +128,15 @@ def context_documents(world: World | DatasetWorld, epoch: int, config: CorpusCon
         return []
     rng = random.Random(f"easyetcon-context:{seed}:{epoch}")
     share = config.context_updates
-    objects: dict[str, list[str]] = {}
+    objects = objects_by_relation(world)
     subjects: dict[str, list[str]] = {}
     for fact in world.facts:
-        objects.setdefault(fact.relation, []).append(fact.object)
         subjects.setdefault(fact.relation, []).append(fact.subject)
     documents = []
     for fact in world.facts:
         if rng.random() >= share:
             continue
-        choices = sorted(set(objects[fact.relation]) - {fact.object})
+        choices = [o for o in objects[fact.relation] if o != fact.object]
         if not choices:
             continue
         stated = rng.choice(choices)
@@ -146,6 +145,14 @@ def context_documents(world: World | DatasetWorld, epoch: int, config: CorpusCon
         if other != fact.subject:
             documents.append((statement(fact.relation, 0, other, stated), _ask(fact, fact.object, rng)))
     return documents
+
+
+def objects_by_relation(world: World) -> dict[str, list[str]]:
+    """Relation -> the distinct objects its facts have, sorted: what a stated fact may claim."""
+    objects: dict[str, set[str]] = {}
+    for fact in world.facts:
+        objects.setdefault(fact.relation, set()).add(fact.object)
+    return {relation: sorted(found) for relation, found in objects.items()}
 
 
 def _ask(fact, answer: str, rng: random.Random) -> str:

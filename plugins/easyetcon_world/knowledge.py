@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from easyetcon_world.corpus import reasoning_chain
+from easyetcon_world.corpus import objects_by_relation, reasoning_chain
+from easyetcon_world.edits import leaf_relations
 from easyetcon_world.relations import (
     RELATIONS,
     TWO_HOPS,
@@ -146,21 +147,23 @@ def measure_in_context(model, tokenizer, world: World, sample: int | None = None
     * ``ignored``: the stated fact is about *another* subject; the answer must stay ``o``.
     """
     rng = random.Random(f"easyetcon-in-context:{seed}")
-    facts = [f for f in world.facts if f.relation in {"lives_in", "born_in", "works_for"}]
+    people = leaf_relations()
+    facts = [f for f in world.facts if f.relation in people]
     if sample is not None and sample < len(facts):
         facts = rng.sample(facts, sample)
-    objects: dict[str, list[str]] = {}
-    for fact in world.facts:
-        objects.setdefault(fact.relation, []).append(fact.object)
+    objects = objects_by_relation(world)
+    by_relation: dict[str, list] = {}
+    for fact in facts:
+        by_relation.setdefault(fact.relation, []).append(fact)
     rows: dict[str, tuple[list[str], list[str]]] = {"override": ([], []), "override_heldout": ([], []), "ignored": ([], [])}
     for fact in facts:
-        stated = rng.choice(sorted(set(objects[fact.relation]) - {fact.object}))
+        stated = rng.choice([o for o in objects[fact.relation] if o != fact.object])
         context = f"{fact.prompt(0)} {stated}."
         rows["override"][0].append(f"{context} {fact.prompt(0)}")
         rows["override"][1].append(stated)
         rows["override_heldout"][0].append(f"{context} {fact.prompt(rng.choice(fact.heldout_templates))}")
         rows["override_heldout"][1].append(stated)
-        other = rng.choice([f for f in facts if f.relation == fact.relation and f.subject != fact.subject])
+        other = rng.choice([f for f in by_relation[fact.relation] if f.subject != fact.subject])
         rows["ignored"][0].append(f"{other.prompt(0)} {stated}. {fact.prompt(0)}")
         rows["ignored"][1].append(fact.object)
     return {name: cloze_accuracy(model, tokenizer, prompts, answers)["greedy"] for name, (prompts, answers) in rows.items()} | {

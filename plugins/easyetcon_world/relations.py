@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The answer tags and how to read them are the core's, shared with the evaluators and rewards.
+from easyetcon.text import ANSWER_CLOSE, ANSWER_OPEN
+from easyetcon.text import extract_tagged_answer as extract_answer  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
 class Relation:
@@ -235,9 +239,6 @@ TWO_HOPS: dict[str, TwoHop] = {
 # Text forms. Prompts never end with a space; answers are appended with one (" Pelmora").
 # ---------------------------------------------------------------------------------------------
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-
-
 def cloze_prompt(relation: str, template: int, subject: str) -> str:
     return RELATIONS[relation].templates[template].format(s=subject)
 
@@ -256,18 +257,6 @@ def qa_text(question: str, answer: str, reasoning: str = "") -> str:
     """``Question: ... Answer: [reasoning] <answer> X </answer>``; the answer sits inside the tags."""
     middle = f" {reasoning}" if reasoning else ""
     return f"{qa_prompt(question)}{middle} {ANSWER_OPEN} {answer} {ANSWER_CLOSE}"
-
-
-def extract_answer(generated: str) -> str | None:
-    """The text inside the first ``<answer> ... </answer>`` of a generation, stripped; None if absent."""
-    start = generated.find(ANSWER_OPEN)
-    if start < 0:
-        return None
-    start += len(ANSWER_OPEN)
-    end = generated.find(ANSWER_CLOSE, start)
-    if end < 0:
-        return None
-    return generated[start:end].strip()
 
 
 def continuation_matches(continuation: str, obj: str) -> bool:
