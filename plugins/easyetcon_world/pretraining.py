@@ -272,11 +272,10 @@ def _epoch_blocks(world, epoch: int, config: TrainConfig, tokenizer) -> tuple[to
     documents = epoch_documents(world, epoch, config.corpus, config.seed)
     encoded = [(ids + [tokenizer.eos_token_id], 0) for ids in tokenizer(documents)["input_ids"]]  # <bos> doc <eos>
     for context, text in context_documents(world, epoch, config.corpus, config.seed):
-        context_ids = tokenizer(context)["input_ids"]
-        ids = tokenizer(f"{context} {text}")["input_ids"]
-        # words start with their space, so the pair's tokens begin with the context's own tokens
-        untrained = len(context_ids) if ids[: len(context_ids)] == context_ids else 0
-        encoded.append((ids + [tokenizer.eos_token_id], untrained))
+        encoding = tokenizer(f"{context} {text}", return_offsets_mapping=True)
+        # <bos> and every token that ends inside the stated sentence are context: no loss on them
+        untrained = sum(end <= len(context) for _, end in encoding["offset_mapping"])
+        encoded.append((encoding["input_ids"] + [tokenizer.eos_token_id], untrained))
     random.Random(f"easyetcon-documents:{config.seed}:{epoch}").shuffle(encoded)
     blocks, trained = _pack(encoded, config.block_size, tokenizer.pad_token_id)
     order = random.Random(f"easyetcon-blocks:{config.seed}:{epoch}").sample(
