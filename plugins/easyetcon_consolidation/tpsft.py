@@ -70,7 +70,8 @@ class TPSFT:
         if not pairs:
             raise ValueError("no training prompts: enable prompts.cloze or give the requests question prompts")
         batch = build_target_batch(model.tokenizer, [p for p, _ in pairs], [c for _, c in pairs]).to(model.device)
-        is_target = target_token_mask(batch.labels, targets_of_pairs)
+        # which completion tokens spell the target: only EAFT restricted to some tokens needs it
+        is_target = target_token_mask(batch.labels, targets_of_pairs) if self.config.eaft is not None else None
         mask = (batch.labels[:, 1:] != -100).float()
         targets = batch.labels[:, 1:].clamp(min=0).unsqueeze(-1)
         net = model.torch_model
