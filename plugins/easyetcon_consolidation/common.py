@@ -1,17 +1,40 @@
-"""What TPSFT and GRPO share: which FFN weights train, which prompts they train on, and when
-a consolidator fires in a lifelong (sequential) run."""
+"""What TPSFT and GRPO share: which FFN weights train (and what holds them), which prompts they
+train on, and when a consolidator fires in a lifelong (sequential) run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from easyetcon.errors import ConfigError
 from easyetcon.requests import EditRequest
 
+# The key statistics of ROME/MEMIT/AlphaEdit (streamed, cached on disk) serve the preservation term.
+from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+
 FfnModules = Literal["mlp_out", "mlp_in", "mlp"]
+
+
+class OutputPreservation(BaseModel):
+    """Hold the trained MLP output projections to what they say on ordinary text.
+
+    MEMIT's preservation objective as a penalty: with ``C = E[k kᵀ]`` the second moment of the
+    projection's input keys over a text source, each stage adds ``λ · tr(ΔW C ΔWᵀ) / c̄`` to its
+    loss, where ``ΔW`` is the weight's change since the stage began and ``c̄ = tr(C) / d`` makes
+    ``λ`` independent of the activation scale. Directions ordinary text uses are expensive to
+    move; directions only the edit's keys use stay cheap.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(gt=0, description="λ, the penalty's weight (0 < λ; larger keeps more, edits less).")
+    statistics: StatisticsConfig = Field(
+        default_factory=lambda: StatisticsConfig(progress=False), description="Where C comes from."
+    )
 
 
 class FfnSelection(BaseModel):
@@ -25,19 +48,74 @@ class FfnSelection(BaseModel):
     modules: FfnModules = Field(
         default="mlp_out", description="mlp_out (down projection), mlp_in (up projection) or mlp (both)."
     )
+    preserve: OutputPreservation | None = Field(
+        default=None, description="Penalise changing the output projections' outputs on ordinary text; off when null."
+    )
+
+    @model_validator(mode="after")
+    def _preserve_needs_output_projection(self) -> FfnSelection:
+        if self.preserve is not None and self.modules != "mlp_out":
+            raise ValueError(
+                f"option 'preserve' holds the MLP output projection (its keys' statistics), but modules is "
+                f"{self.modules!r}: set modules to 'mlp_out' or drop 'preserve'"
+            )
+        return self
+
+
+def selected_layers(model: Any, selection: FfnSelection) -> list[int]:
+    """The selection's layer indices, non-negative and checked against the model's depth."""
+    count = model.adapter.num_layers(model.torch_model)
+    layers = range(count) if selection.layers is None else selection.layers
+    for layer in layers:
+        if not -count <= layer < count:
+            raise ConfigError(f"option 'layers': layer {layer} does not exist (the model has {count}: 0..{count - 1})")
+    return list(dict.fromkeys(layer % count for layer in layers))
 
 
 def ffn_weight_names(model: Any, selection: FfnSelection) -> list[str]:
     """Parameter names of the selected FFN weights, via the model's architecture adapter."""
-    count = model.adapter.num_layers(model.torch_model)
-    layers = range(count) if selection.layers is None else selection.layers
     kinds = {"mlp_out": ("mlp_out",), "mlp_in": ("mlp_in",), "mlp": ("mlp_in", "mlp_out")}[selection.modules]
-    names = []
-    for layer in layers:
-        if not -count <= layer < count:
-            raise ConfigError(f"option 'layers': layer {layer} does not exist (the model has {count}: 0..{count - 1})")
-        names.extend(model.adapter.weight_name(kind, layer % count) for kind in kinds)
-    return list(dict.fromkeys(names))
+    return [model.adapter.weight_name(kind, layer) for layer in selected_layers(model, selection) for kind in kinds]
+
+
+def preservation_statistics(selection: FfnSelection) -> LayerStatistics | None:
+    """A consolidator's source of ``C`` (kept for its lifetime: computed once per model)."""
+    return LayerStatistics(selection.preserve.statistics) if selection.preserve is not None else None
+
+
+@contextmanager
+def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerStatistics | None) -> Iterator[None]:
+    """While active, the gradient of each selected ``mlp_out`` weight carries the penalty of
+    :class:`OutputPreservation` (``2λ ΔW C / c̄``), measured from the weights at entry. A gradient
+    hook rather than a loss term, so it also holds inside trainers we do not write (TRL's GRPO).
+    No-op when ``selection.preserve`` is null."""
+    if selection.preserve is None or statistics is None:
+        yield
+        return
+    layers = selected_layers(model, selection)
+    moments = statistics.get(model, layers)
+    strength = 2.0 * selection.preserve.weight
+    handles = []
+    try:
+        for layer in layers:
+            module = model.adapter.module(model.torch_model, "mlp_out", layer)
+            parameter = module.weight
+            mom2 = moments[layer].mom2.to(device=parameter.device, dtype=torch.float32)
+            scaled = mom2 * (mom2.shape[0] / torch.trace(mom2).clamp(min=1e-12))
+            start = parameter.detach().clone()
+            transposed = model.adapter.is_transposed(module)
+
+            def add_penalty(grad: torch.Tensor, parameter=parameter, start=start, scaled=scaled, transposed=transposed):
+                change = (parameter.detach() - start).float()
+                # (out, in) weights: ΔW C; GPT-2's Conv1D stores (in, out): C ΔW
+                penalty = scaled @ change if transposed else change @ scaled
+                return grad + (strength * penalty).to(grad.dtype)
+
+            handles.append(parameter.register_hook(add_penalty))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class PromptSources(BaseModel):

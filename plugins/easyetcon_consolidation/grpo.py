@@ -3,8 +3,9 @@
 For each edit, sample a group of answers to its question prompts, score them with the edit
 rewards (correctness, format, cleanliness, consistency), and push the selected FFN weights
 towards the answers that beat their group's mean, with a KL penalty to the model as it was
-when this step began (i.e. after the edit stage). Runs on CPU (``use_cpu``) and unchanged on
-GPUs under ``accelerate launch``.
+when this step began (i.e. after the edit stage). The KL covers only the edit's own prompts;
+``weights.preserve`` also holds the output projections on ordinary text (see :mod:`.common`).
+Runs on CPU (``use_cpu``) and unchanged on GPUs under ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from easyetcon_consolidation.common import (
     PromptSources,
     ScheduleState,
     ffn_weight_names,
+    preservation_statistics,
+    preserving_outputs,
     question_prompts,
 )
 from easyetcon_consolidation.rewards import DEFAULT_WEIGHTS, combine_rewards
@@ -77,6 +80,7 @@ class GRPOConsolidation:
     def __init__(self, config: GRPOConsolidationConfig) -> None:
         self.config = config
         self.state = ScheduleState(config.schedule)
+        self.statistics = preservation_statistics(config.weights)
         registry = get_host().registry
         names = [*config.rewards, *([config.format_gate] if config.format_gate else [])]
         try:
@@ -120,7 +124,11 @@ class GRPOConsolidation:
         names = ffn_weight_names(model, config.weights)
         saved_name = net.config._name_or_path
         saved_generation = net.generation_config.to_dict() if net.generation_config is not None else None
-        with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch, trainable_only(net, names):
+        with (
+            tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch,
+            trainable_only(net, names),
+            preserving_outputs(model, config.weights, self.statistics),
+        ):
             # TRL builds the KL reference by loading the policy's checkpoint: give it this step's start.
             reference = Path(scratch) / "reference"
             net.save_pretrained(reference)

@@ -11,6 +11,10 @@ a trust region that keeps the edit from over-fitting the new fact and drifting t
 chain step, so ``rounds=1`` is exactly one trust region around the pre-step model, and each
 further round lets probabilities rise by another factor of at most (1 + eps).
 
+Optional ``weights.preserve`` adds MEMIT's preservation objective as a penalty on the change of
+the output projections (:class:`~easyetcon_consolidation.common.OutputPreservation`), so an edit
+moves what ordinary text reads from them as little as it can.
+
 Optional EAFT weighting multiplies each token's term by its normalised top-K entropy, on every
 completion token or (``eaft.tokens``) only the edit target's tokens or only the tokens around them.
 """
@@ -32,6 +36,8 @@ from easyetcon_consolidation.common import (
     PromptSources,
     ScheduleState,
     ffn_weight_names,
+    preservation_statistics,
+    preserving_outputs,
     training_pairs,
 )
 
@@ -53,6 +59,7 @@ class TPSFT:
     def __init__(self, config: TPSFTConfig) -> None:
         self.config = config
         self.state = ScheduleState(config.schedule)
+        self.statistics = preservation_statistics(config.weights)
 
     def weights_to_edit(self, model: Any, requests: Sequence[EditRequest]) -> list[str]:
         return ffn_weight_names(model, self.config.weights) if self.state.fires_next() else []
@@ -81,7 +88,10 @@ class TPSFT:
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets).squeeze(-1)
             return logprobs, logits
 
-        with trainable_only(net, ffn_weight_names(model, self.config.weights)) as params:
+        selection = self.config.weights
+        with trainable_only(net, ffn_weight_names(model, selection)) as params, preserving_outputs(
+            model, selection, self.statistics
+        ):
             optimizer = torch.optim.Adam(params, lr=self.config.learning_rate)
             eps = self.config.epsilon
             for _ in range(self.config.rounds):

@@ -1,0 +1,124 @@
+"""Output preservation: the gradient hook is the penalty's exact gradient, it holds the
+preserved outputs in TPSFT and in TRL's GRPO, and it is refused where it cannot apply."""
+
+import pytest
+import torch
+from easyetcon_consolidation.common import (
+    FfnSelection,
+    preservation_statistics,
+    preserving_outputs,
+)
+
+from easyetcon.chain import EditChain
+from easyetcon.errors import ConfigError
+from easyetcon.hookspecs import hookimpl
+from easyetcon.testing import tiny_model, tiny_requests
+
+TEXTS = [f"Text number {i} about the tiny world and its people." for i in range(24)]
+STATISTICS = {"source": "model-samples", "samples": 24, "cache": False, "progress": False}
+
+
+class LetterReward:
+    """A reward with spread across a group (a random model never earns the edit rewards)."""
+
+    @hookimpl
+    def easyetcon_register_rewards(self, register):
+        register("letter-e", lambda completions, requests: [c.count("e") / (1 + len(c)) for c in completions],
+                 summary="Share of the letter e.")
+
+
+@pytest.fixture
+def host(easyetcon_host):
+    easyetcon_host.register(LetterReward(), name="letter-reward")
+    return easyetcon_host
+
+
+def key_moment(model, layer):
+    selection = FfnSelection(layers=[layer], preserve={"weight": 1.0, "statistics": STATISTICS})
+    statistics = preservation_statistics(selection)
+    statistics.use_texts(TEXTS)
+    return statistics, statistics.get(model, [layer])[layer].mom2.double()
+
+
+def output_change(before, after, model, layer, mom2):
+    """``tr(ΔW C ΔWᵀ)`` in the (out, in) orientation: how far outputs on the keys moved."""
+    module = model.adapter.module(model.torch_model, "mlp_out", layer)
+    name = model.adapter.weight_name("mlp_out", layer)
+    delta = (after[name] - before[name]).double()
+    delta = delta.T if model.adapter.is_transposed(module) else delta
+    return float(torch.trace(delta @ mom2 @ delta.T))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_the_hook_adds_the_penalty_gradient(host, architecture):
+    model = tiny_model(architecture, registry=host.registry)
+    layer, weight = 1, 3.0
+    selection = FfnSelection(layers=[layer], preserve={"weight": weight, "statistics": STATISTICS})
+    statistics, mom2 = key_moment(model, layer)
+    module = model.adapter.module(model.torch_model, "mlp_out", layer)
+    parameter = module.weight
+    start = parameter.detach().clone()
+    change = torch.randn_like(parameter) * 0.01
+    with preserving_outputs(model, selection, statistics):
+        with torch.no_grad():
+            parameter.add_(change)
+        parameter.requires_grad_(True)
+        parameter.grad = None
+        (parameter * 0).sum().backward()
+        hooked = parameter.grad.clone()
+    # the same penalty written out and differentiated by autograd
+    variable = parameter.detach().clone().double().requires_grad_(True)
+    delta = variable - start.double()
+    delta = delta.T if model.adapter.is_transposed(module) else delta
+    scaled = mom2 * mom2.shape[0] / torch.trace(mom2)
+    (weight * torch.trace(delta @ scaled @ delta.T)).backward()
+    scale = variable.grad.abs().max()
+    assert (hooked.double() - variable.grad).abs().max() < 1e-5 * scale
+    # and the hook is gone after the block
+    parameter.grad = None
+    (parameter * 0).sum().backward()
+    assert torch.count_nonzero(parameter.grad) == 0
+    with torch.no_grad():
+        parameter.copy_(start)
+
+
+def preserved_and_edited(host, editor, options, preserve):
+    """Apply one step with or without ``preserve``; how much the outputs on the keys moved."""
+    model = tiny_model(registry=host.registry)
+    layer = 2
+    _, mom2 = key_moment(model, layer)
+    weights = {"layers": [layer], **({"preserve": {"weight": preserve, "statistics": STATISTICS}} if preserve else {})}
+    chain = EditChain([(editor, {**options, "weights": weights})])
+    if preserve:
+        chain.steps[0].editor.statistics.use_texts(TEXTS)
+    before = {k: v.detach().clone() for k, v in model.torch_model.state_dict().items()}
+    requests = [r.model_copy(update={"metadata": {"qa_prompts": [f"Question: {r.prompt}? Answer:"]}})
+                for r in tiny_requests()[:1]]
+    chain.apply(model, requests)
+    return output_change(before, model.torch_model.state_dict(), model, layer, mom2)
+
+
+def test_tpsft_moves_preserved_outputs_less(host):
+    options = {"rounds": 10, "learning_rate": 1e-2, "prompts": {"questions": False}}
+    free = preserved_and_edited(host, "tpsft", options, None)
+    held = preserved_and_edited(host, "tpsft", options, 100.0)
+    assert 0 < held < 0.5 * free
+
+
+def test_grpo_moves_preserved_outputs_less(host):
+    options = {"steps": 4, "group_size": 2, "prompts_per_step": 1, "max_completion_tokens": 6,
+               "learning_rate": 1e-2, "rewards": {"letter-e": 1.0}, "format_gate": None}
+    free = preserved_and_edited(host, "grpo", options, None)
+    held = preserved_and_edited(host, "grpo", options, 100.0)
+    assert 0 < held < 0.5 * free
+
+
+@pytest.mark.parametrize("editor", ["tpsft", "grpo"])
+def test_preserve_needs_the_output_projection(host, editor):
+    with pytest.raises(ConfigError, match="'preserve'.*modules"):
+        host.registry.editor(editor).create({"weights": {"modules": "mlp", "preserve": {"weight": 1.0}}})
+
+
+def test_preserve_weight_must_be_positive(host):
+    with pytest.raises(ConfigError, match="weight"):
+        host.registry.editor("tpsft").create({"weights": {"preserve": {"weight": 0}}})
