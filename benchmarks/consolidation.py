@@ -14,7 +14,7 @@ Intrinsic editors run with the options tuned for the shipped model (``intrinsic_
 lifecycle hook.
 
     python benchmarks/consolidation.py --edits 200 --threads 1 --out benchmarks/results/consolidation.json
-    python benchmarks/consolidation.py --edits 200 --threads 1 --chains etcon+preserve,tpsft+preserve,etcon-every10+preserve \
+    python benchmarks/consolidation.py --edits 200 --threads 1 --chains ft-m,alphaedit,etcon+preserve,tpsft+preserve,etcon-every10+preserve \
         --out benchmarks/results/consolidation_preserve.json
     python benchmarks/consolidation.py --edits 20 --chains ft-m,ft-m+grpo     # a quick look
 """
