@@ -33,9 +33,22 @@ def common_arguments(parser: argparse.ArgumentParser, *, edits: int, editors: st
     parser.add_argument("--split", default="test", choices=("tune", "test"), help="fact-world split")
     parser.add_argument("--edit-seed", type=int, default=0, help="which facts are edited, and to what")
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="JSON: editor -> options")
+    run_arguments(parser)
+
+
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--threads`` and ``--out``: what every intrinsic benchmark takes."""
     parser.add_argument("--model", default=None, help="world model folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and apply ``--threads`` before any model work."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def parse_editors(text: str) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from intrinsic_common import environment, load_world_model, write_json  # noqa: E402
+from intrinsic_common import environment, load_world_model, parse_run_arguments, run_arguments, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,12 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--fractions", default="0.99,0.999", help="energy fractions the null space leaves out")
     parser.add_argument("--samples", type=int, default=8000, help="statistics samples (as in intrinsic_configs.json)")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    run_arguments(parser)
+    args = parse_run_arguments(parser, argv)
 
     from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
     from easyetcon_intrinsic.keys import activations_at, fact_positions

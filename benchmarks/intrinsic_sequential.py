@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 from intrinsic_common import (  # noqa: E402
     METRICS,
     common_arguments,
@@ -31,6 +30,7 @@ from intrinsic_common import (  # noqa: E402
     load_world_model,
     median,
     parse_editors,
+    parse_run_arguments,
     world_requests,
     write_json,
 )
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=50, help="score all edits so far every N edits")
     parser.add_argument("--protocols", default="teacher-forced,generation")
     parser.add_argument("--retention-sample", type=int, default=None, help="score at most this many edited requests per point")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_run_arguments(parser, argv)
     editors = parse_editors(args.editors)
     configs = load_configs(args.configs, sequential=True)
     protocols = tuple(p.strip() for p in args.protocols.split(","))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 from intrinsic_common import (  # noqa: E402
     METRICS,
     common_arguments,
@@ -31,6 +30,7 @@ from intrinsic_common import (  # noqa: E402
     median,
     metric_table,
     parse_editors,
+    parse_run_arguments,
     world_requests,
     write_json,
 )
@@ -69,9 +69,7 @@ def single_edits(model, requests, editor, options, baseline, protocols=PROTOCOLS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser, edits=100)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_run_arguments(parser, argv)
     editors = parse_editors(args.editors)
     configs = load_configs(args.configs)
 

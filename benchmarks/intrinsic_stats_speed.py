@@ -21,7 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from intrinsic_common import environment, fmt, load_world_model, write_json  # noqa: E402
+from intrinsic_common import (  # noqa: E402
+    environment,
+    fmt,
+    load_world_model,
+    parse_run_arguments,
+    run_arguments,
+    write_json,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", default=None, help="comma-separated layer sets separated by ';' (default: editors' and last)")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    run_arguments(parser)
+    args = parse_run_arguments(parser, argv)
 
     from easyetcon_intrinsic.covariance import StatisticsConfig, collect_second_moments, resolve_texts
 

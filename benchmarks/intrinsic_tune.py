@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 from intrinsic_common import (  # noqa: E402
     editor_name,
     environment,
@@ -32,6 +31,8 @@ from intrinsic_common import (  # noqa: E402
     load_configs,
     load_world_model,
     parse_editors,
+    parse_run_arguments,
+    run_arguments,
     world_requests,
     write_json,
 )
@@ -68,12 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default=None, help="JSON object option -> values, replacing the default grid")
     parser.add_argument("--configs", type=Path, default=Path(__file__).resolve().parent / "intrinsic_configs.json")
     parser.add_argument("--write-configs", action="store_true", help="store the best options into --configs")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    run_arguments(parser)
+    args = parse_run_arguments(parser, argv)
     editors = parse_editors(args.editors)
     configs = load_configs(args.configs, sequential=args.sequential)
 
