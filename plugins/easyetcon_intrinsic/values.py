@@ -18,6 +18,7 @@ and after every step ``‖δ‖`` is clamped to ``clamp_norm_factor × ‖v‖``
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,10 @@ from torch import nn
 from easyetcon.text import build_target_batch, target_token_logprobs
 from easyetcon.training import trainable_only
 from easyetcon_intrinsic.keys import FactToken, add_to_output, capture_output, fact_positions, fill_prefixes, pad_id_of
+
+
+class EditNotReachedWarning(UserWarning):
+    """The value optimisation ended without making the target likely: the edit will probably not hold."""
 
 
 def check_kl_prompts(prompts: list[str]) -> list[str]:
@@ -126,6 +131,14 @@ def essence_texts(
     return essence
 
 
+def greedy_hits(logits: torch.Tensor, batch: Any) -> list[bool]:
+    """Per row of a target batch, whether every target token is the argmax where it is predicted."""
+    return [
+        all(int(logits[row, position].argmax()) == token for position, token in zip(positions, tokens))
+        for row, (positions, tokens) in enumerate(zip(batch.target_positions, batch.target_ids))
+    ]
+
+
 def optimise_value(
     model: Any, module: nn.Module, request: Any, prefixes: Sequence[str], settings: ValueOptimisation
 ) -> OptimisedValue:
@@ -186,4 +199,15 @@ def optimise_value(
                 norm = delta.norm()
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
+    hits = greedy_hits(rewriting_logits.detach(), target)
+    if 2 * sum(hits) < len(hits):
+        warnings.warn(
+            f"request {request.request_id!r}: after {settings.steps} value steps the target is the greedy "
+            f"continuation behind {sum(hits)} of {len(hits)} prefixes (target NLL {nll_value:.2f}), so this edit "
+            f"will likely not hold. The output it changes has norm {float(original.norm()):.1f} and Adam moves each "
+            f"coordinate by about learning_rate ({settings.learning_rate:g}) per step: raise learning_rate or steps "
+            f"(or clamp_norm_factor, if ‖δ‖ = {float(delta.detach().norm()):.1f} sits at the clamp).",
+            EditNotReachedWarning,
+            stacklevel=2,
+        )
     return OptimisedValue(delta.detach(), original, nll_value)

@@ -239,3 +239,32 @@ def test_essence_continuations_keep_other_facts_and_drop_the_edited_one():
     for text in texts:
         assert text.kl_positions == list(range(text.fact_position, len(text.ids) - 1)) or text.kl_positions == [len(text.ids) - 1]
         assert model.tokenizer.decode(text.ids[: text.fact_position + 1]).endswith("Yasuda")
+
+
+# ---- values -------------------------------------------------------------------------------------
+
+
+def _value_settings(**changes):
+    from easyetcon_intrinsic.values import ValueOptimisation
+
+    settings = dict(steps=20, learning_rate=0.5, kl_factor=0.0, weight_decay=0.0, clamp_norm_factor=1e4, stop_nll=0.05,
+                    kl_prompts=[], fact_token="subject_last")
+    return ValueOptimisation(**{**settings, **changes})
+
+
+def test_a_value_that_does_not_reach_its_target_warns_naming_the_request():
+    import warnings
+
+    from easyetcon_intrinsic.values import EditNotReachedWarning, optimise_value
+
+    model = make()
+    request = subject_final_requests()[0]
+    block = model.adapter.blocks(model.torch_model)[-1]
+    prompt_ids = model.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
+    (target_id,) = model.tokenizer(" " + request.target_new, add_special_tokens=False)["input_ids"]
+    assert model.torch_model(input_ids=prompt_ids).logits[0, -1].argmax() != target_id  # not said before the edit
+    with pytest.warns(EditNotReachedWarning, match=rf"request '{request.request_id}'.*behind 0 of 1 prefixes.*raise learning_rate"):
+        optimise_value(model, block, request, ["{}"], _value_settings(steps=1, learning_rate=1e-9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EditNotReachedWarning)
+        optimise_value(model, block, request, ["{}"], _value_settings())
