@@ -202,7 +202,7 @@ def optimise_value(
     hits = greedy_hits(rewriting_logits.detach(), target)
     if 2 * sum(hits) < len(hits):
         warnings.warn(
-            f"request {request.request_id!r}: after {settings.steps} value steps the target is the greedy "
+            f"request {request.request_id!r}: after {step} value steps the target is the greedy "
             f"continuation behind {sum(hits)} of {len(hits)} prefixes (target NLL {nll_value:.2f}), so this edit "
             f"will likely not hold. The output it changes has norm {float(original.norm()):.1f} and Adam moves each "
             f"coordinate by about learning_rate ({settings.learning_rate:g}) per step: raise learning_rate or steps "
