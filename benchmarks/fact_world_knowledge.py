@@ -2,6 +2,7 @@
 
     python benchmarks/fact_world_knowledge.py              # every fact of the shipped default
     python benchmarks/fact_world_knowledge.py --sample 200 # a random 200 facts (faster)
+    python benchmarks/fact_world_knowledge.py --model wide # the wider shipped model
     python benchmarks/fact_world_knowledge.py --model DIR  # another world model directory
     python benchmarks/fact_world_knowledge.py --threads 1  # on a busy machine
 
@@ -24,7 +25,7 @@ from easyetcon_world.knowledge import FLOORS, measure_in_context
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Knowledge of a fact-world model before editing.")
     parser.add_argument(
-        "--model", type=Path, default=None, help="world model directory [default: shipped]"
+        "--model", default=None, help="a shipped model's name (default, wide) or a world model directory [default: default]"
     )
     parser.add_argument(
         "--sample", type=int, default=None, help="score this many random facts only"

@@ -1,8 +1,10 @@
 """Shared helpers of the intrinsic-editing benchmarks (``benchmarks/intrinsic_*.py``).
 
-The benchmarks run on the fact world's shipped model (``easyetcon_world``) and score with the
-evaluation plugin (``easyetcon_eval``). Editor options come from ``intrinsic_configs.json``
-(chosen with ``intrinsic_tune.py`` on the world's ``tune`` split); ``--configs`` replaces it.
+The benchmarks run on a shipped fact-world model (``easyetcon_world``; ``--model default`` or
+``wide``, or any world model folder) and score with the evaluation plugin (``easyetcon_eval``).
+Editor options come from ``intrinsic_configs.json`` for the default model and
+``intrinsic_configs_wide.json`` for the wide one (chosen with ``intrinsic_tune.py``);
+``--configs`` replaces them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIGS = HERE / "intrinsic_configs.json"
+#: The options tuned for each shipped world model, used when ``--configs`` is not given.
+SHIPPED_CONFIGS = {"default": DEFAULT_CONFIGS, "wide": HERE / "intrinsic_configs_wide.json"}
 RESULTS = HERE / "results"
 EDITORS = ("ft-l", "ft-m", "rome", "memit", "alphaedit")
 METRICS = ("reliability", "generalization", "locality", "portability")
@@ -32,22 +36,26 @@ def common_arguments(parser: argparse.ArgumentParser, *, edits: int, editors: st
     parser.add_argument("--edits", type=int, default=edits, help="number of edit requests")
     parser.add_argument("--split", default="test", choices=("tune", "test"), help="fact-world split")
     parser.add_argument("--edit-seed", type=int, default=0, help="which facts are edited, and to what")
-    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="JSON: editor -> options")
+    parser.add_argument("--configs", type=Path, default=None,
+                        help="JSON: editor -> options (default: the file tuned for --model, see SHIPPED_CONFIGS)")
     run_arguments(parser)
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--threads`` and ``--out``: what every intrinsic benchmark takes."""
-    parser.add_argument("--model", default=None, help="world model folder (default: the shipped one)")
+    parser.add_argument("--model", default=None,
+                        help="a shipped world model's name (default, wide) or a model folder (default: default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
 
 
 def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` and apply ``--threads`` before any model work."""
+    """Parse ``argv``, apply ``--threads`` before any model work, and fill in ``--configs``."""
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if "configs" in vars(args) and args.configs is None:
+        args.configs = SHIPPED_CONFIGS.get(args.model or "default", DEFAULT_CONFIGS)
     return args
 
 
@@ -77,15 +85,15 @@ def load_configs(path: Path, *, sequential: bool = False) -> dict[str, dict[str,
 
 
 def load_world_model(folder: str | None) -> tuple[Any, Any, str]:
-    """``(EditableModel, world, folder)`` of the shipped (or given) world model."""
-    from easyetcon_world import default_model_path, has_default_model, load_world
+    """``(EditableModel, world, folder)`` of a shipped world model (by name; default ``default``) or a folder."""
+    from easyetcon_world import WorldCacheError, load_world, world_model_folder
 
     from easyetcon.model import load_model
 
-    if folder is None:
-        if not has_default_model():
-            raise SystemExit("the fact world's shipped model is missing (plugins/easyetcon_world/assets/default)")
-        folder = str(default_model_path())
+    try:
+        folder = str(world_model_folder(folder))
+    except WorldCacheError as error:
+        raise SystemExit(str(error)) from None
     model = load_model(folder)
     model.torch_model.eval()
     return model, load_world(folder), folder

@@ -201,6 +201,29 @@ def _batches(texts: Iterable[str], batch_size: int, limit: int) -> Iterator[list
         yield batch
 
 
+def symmetric_gram(rows: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+    """``rowsᵀ rows``, computing only the upper block triangle when ``blocks`` > 1.
+
+    With ``b`` column blocks this takes ``(b + 1) / 2b`` of the multiplications (0.56 for 8), which
+    matters when the keys are wide: for 1536-dimensional keys the product is about a quarter of the
+    cost of collecting statistics.
+    """
+    width = rows.shape[1]
+    if blocks <= 1 or width < 2 * blocks:
+        return rows.T @ rows
+    gram = rows.new_empty(width, width)
+    edges = [round(i * width / blocks) for i in range(blocks + 1)]
+    for start, end in zip(edges, edges[1:]):
+        band = rows[:, start:end].T @ rows[:, start:]
+        gram[start:end, start:] = band
+        gram[start:, start:end] = band.T
+    return gram
+
+
+#: Keys at least this wide get their Gram matrix by blocks (narrower ones gain nothing measurable).
+BLOCKED_GRAM_WIDTH = 1024
+
+
 @torch.no_grad()
 def collect_second_moments(
     model: Any,
@@ -230,8 +253,11 @@ def collect_second_moments(
             if not mask_holder:  # another forward pass (e.g. a lazy text source generating)
                 return
             keys = args[0][mask_holder[0]].float()
-            moment = (keys.T @ keys).double()
-            sums[layer] = sums[layer] + moment if layer in sums else moment
+            moment = symmetric_gram(keys, blocks=8 if keys.shape[1] >= BLOCKED_GRAM_WIDTH else 1)
+            if layer in sums:
+                sums[layer].add_(moment)  # in place: a new fp64 d×d per batch costs as much as the product
+            else:
+                sums[layer] = moment.double()
             if layer == deepest:
                 raise StopForward
 

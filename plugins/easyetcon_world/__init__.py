@@ -5,6 +5,7 @@ Every editing method can be measured on a CPU in minutes with exact ground truth
     from easyetcon_world import build_world, load_pretrained, make_edit_requests, measure_knowledge
 
     model, tokenizer, world = load_pretrained()          # the shipped default, no training
+    wide = load_pretrained("wide")                       # the wider shipped model of the same world
     requests = make_edit_requests(world, "test", n=100)  # counterfactual EditRequests
     numbers = measure_knowledge(model, tokenizer, world, sample=200)
 
@@ -37,10 +38,15 @@ _EXPORTS = {
     "pretrain": "pretraining",
     "RELATIONS": "relations",
     "TWO_HOPS": "relations",
+    "SHIPPED_MODELS": "shipped",
     "default_model_path": "shipped",
     "has_default_model": "shipped",
+    "has_shipped_model": "shipped",
     "load_pretrained": "shipped",
     "load_world": "shipped",
+    "shipped_model_path": "shipped",
+    "shipped_train_config": "shipped",
+    "world_model_folder": "shipped",
     "PRESETS": "world",
     "World": "world",
     "WorldConfig": "world",
@@ -79,9 +85,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from easyetcon_world.relations import RELATIONS, TWO_HOPS
     from easyetcon_world.shipped import (
+        SHIPPED_MODELS,
         default_model_path,
         has_default_model,
+        has_shipped_model,
         load_pretrained,
         load_world,
+        shipped_model_path,
+        shipped_train_config,
+        world_model_folder,
     )
     from easyetcon_world.world import PRESETS, World, WorldConfig, build_world

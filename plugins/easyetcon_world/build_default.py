@@ -1,8 +1,9 @@
-"""Rebuild the shipped default world model: ``python -m easyetcon_world.build_default``.
+"""Rebuild a shipped world model: ``python -m easyetcon_world.build_default [--model wide]``.
 
-Pretrains preset ``default`` (seed 0) with its recipe, measures its knowledge on every fact, and
-writes model, tokenizer, ``world.json``, ``knowledge.json``, ``build_info.json`` and the manifest
-into ``easyetcon_world/assets/default/``. Deterministic for a given machine and torch version.
+Pretrains preset ``default`` (seed 0) with the shipped model's recipe, measures its knowledge on
+every fact, and writes model, tokenizer, ``world.json``, ``knowledge.json``, ``build_info.json``
+and the manifest into ``easyetcon_world/assets/<model>/``. Deterministic for a given machine and
+torch version.
 """
 
 from __future__ import annotations
@@ -19,19 +20,25 @@ from pathlib import Path
 import torch
 
 from easyetcon_world.knowledge import FLOORS, headline, measure_knowledge
-from easyetcon_world.pretraining import (
-    default_train_config,
-    record_knowledge,
-    save_model_directory,
-    train_model,
+from easyetcon_world.pretraining import record_knowledge, save_model_directory, train_model
+from easyetcon_world.shipped import (
+    DEFAULT_PRESET,
+    DEFAULT_SEED,
+    SHIPPED_MODELS,
+    shipped_model_path,
+    shipped_train_config,
 )
-from easyetcon_world.shipped import DEFAULT_PRESET, DEFAULT_SEED, default_model_path
 from easyetcon_world.world import build_world
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=default_model_path(), help="target directory")
+    parser.add_argument(
+        "--model", default="default", choices=list(SHIPPED_MODELS), help="which shipped model"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="target directory (default: the shipped one)"
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -39,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.out is None:
+        args.out = shipped_model_path(args.model)
     world = build_world(DEFAULT_PRESET, DEFAULT_SEED)
-    config = default_train_config(DEFAULT_PRESET)
+    config = shipped_train_config(args.model)
     print(f"world: {world.summary()}", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
     model, tokenizer = train_model(world, config, progress=True)
@@ -53,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers = measure_knowledge(model, tokenizer, world)
     build_info = {
         "command": "python -m easyetcon_world.build_default"
+        + (f" --model {args.model}" if args.model != "default" else "")
         + (f" --threads {args.threads}" if args.threads else ""),
         "train_wall_seconds": round(train_wall, 1),
         "train_cpu_seconds": round(train_cpu, 1),

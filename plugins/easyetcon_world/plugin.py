@@ -198,13 +198,13 @@ def with_train_options(config: Any, options: Sequence[str]) -> Any:
 @preset_option
 @seed_option
 def info_command(preset: str, seed: int) -> None:
-    """Sizes, relations and facts of a world, where its model is cached, and the shipped default."""
+    """Sizes, relations and facts of a world, where its model is cached, and the shipped models."""
     from rich.console import Console
     from rich.table import Table
 
     from easyetcon_world.edits import editable_facts
     from easyetcon_world.pretraining import cache_key, cache_root, default_train_config
-    from easyetcon_world.shipped import default_model_path, has_default_model
+    from easyetcon_world.shipped import SHIPPED_MODELS, has_shipped_model, shipped_model_path
     from easyetcon_world.world import build_world
 
     world = build_world(preset, seed)
@@ -226,10 +226,12 @@ def info_command(preset: str, seed: int) -> None:
     )
     entry = cache_root() / cache_key(world, default_train_config(preset))
     table.add_row("cache entry", f"{entry} ({'present' if entry.is_dir() else 'not built'})")
-    shipped = default_model_path()
-    table.add_row(
-        "shipped default", f"{shipped} ({'present' if has_default_model() else 'missing'})"
-    )
+    for name in SHIPPED_MODELS:
+        shipped = shipped_model_path(name)
+        table.add_row(
+            f"shipped model {name!r}",
+            f"{shipped} ({'present' if has_shipped_model(name) else 'missing'})",
+        )
     Console().print(table)
 
 
@@ -311,20 +313,23 @@ def knowledge_table(numbers: dict):
 
 
 def _matching_shipped_model(world, config) -> Path | None:
+    """The shipped model trained on ``world`` with ``config``, if one is."""
     from easyetcon_world.shipped import (
-        default_model_path,
-        has_default_model,
+        SHIPPED_MODELS,
+        has_shipped_model,
         load_world,
+        shipped_model_path,
     )
 
-    if not has_default_model():
-        return None
-    shipped = default_model_path()
-    stored = json.loads((shipped / "train_config.json").read_text())["train"]
-    if load_world(shipped).fingerprint() == world.fingerprint() and stored == config.model_dump(
-        mode="json"
-    ):
-        return shipped
+    for name in SHIPPED_MODELS:
+        if not has_shipped_model(name):
+            continue
+        shipped = shipped_model_path(name)
+        stored = json.loads((shipped / "train_config.json").read_text())["train"]
+        if load_world(shipped).fingerprint() == world.fingerprint() and stored == config.model_dump(
+            mode="json"
+        ):
+            return shipped
     return None
 
 

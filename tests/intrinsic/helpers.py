@@ -33,14 +33,14 @@ def subject_final_requests() -> list[EditRequest]:
     ]
 
 
-def world_model():
-    """The shipped fact-world model as an EditableModel, or ``None`` when it is not shipped."""
+def world_model(name: str = "default"):
+    """A shipped fact-world model as an EditableModel, or ``None`` when it is not shipped."""
     try:
-        from easyetcon_world import default_model_path, has_default_model
+        from easyetcon_world import has_shipped_model, shipped_model_path
     except ImportError:
         return None
-    if not has_default_model():
+    if not has_shipped_model(name):
         return None
     from easyetcon.model import load_model
 
-    return load_model(default_model_path())
+    return load_model(shipped_model_path(name))

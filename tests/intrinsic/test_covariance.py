@@ -12,6 +12,7 @@ from easyetcon_intrinsic.covariance import (
     collect_second_moments,
     dataset_texts,
     resolve_texts,
+    symmetric_gram,
 )
 from easyetcon_intrinsic.keys import capture_input
 from easyetcon_intrinsic.solve import add_to_weight
@@ -155,3 +156,16 @@ def test_bad_sources_are_config_errors():
         resolve_texts(model, StatisticsConfig(source="world"))
     with pytest.raises(ConfigError, match="cannot read"):
         resolve_texts(model, StatisticsConfig(source="dataset:/no/such/dataset/here"))
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 8])
+def test_symmetric_gram_equals_the_full_product(blocks):
+    rows = torch.randn(37, 1030, generator=torch.Generator().manual_seed(0))
+    gram = symmetric_gram(rows, blocks=blocks)
+    torch.testing.assert_close(gram, rows.T @ rows, rtol=1e-5, atol=1e-4)
+    assert torch.equal(gram, gram.T)
+
+
+def test_symmetric_gram_of_narrow_rows_falls_back_to_one_product():
+    rows = torch.randn(5, 6)
+    torch.testing.assert_close(symmetric_gram(rows, blocks=8), rows.T @ rows)

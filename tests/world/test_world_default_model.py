@@ -1,4 +1,4 @@
-"""The shipped default world model: present, intact, plain to load, and knowledgeable."""
+"""The shipped world models: present, intact, plain to load, and knowledgeable."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from easyetcon_world import (
+    SHIPPED_MODELS,
+    WorldCacheError,
     build_world,
     default_model_path,
     default_train_config,
     load_pretrained,
     make_edit_requests,
     measure_knowledge,
+    shipped_model_path,
+    shipped_train_config,
+    world_model_folder,
 )
 from easyetcon_world.knowledge import FLOORS, headline, teacher_forced_correct
 from easyetcon_world.pretraining import verify_directory
@@ -38,8 +43,9 @@ def shipped():
     return load_pretrained(directory)
 
 
-def test_shipped_directory_is_intact_small_and_matches_the_generator():
-    directory = default_model_path()
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_directory_is_intact_small_and_matches_the_generator(name):
+    directory = shipped_model_path(name)
     assert verify_directory(directory) == []
     megabytes = sum(p.stat().st_size for p in directory.iterdir()) / 2**20
     assert megabytes < 20, f"{megabytes:.1f} MB"
@@ -48,7 +54,37 @@ def test_shipped_directory_is_intact_small_and_matches_the_generator():
     # if world generation or the recipe changed, the shipped model no longer fits: rebuild it
     assert build_world("default", world["config"]["seed"]).model_dump(mode="json") == world
     stored = json.loads((directory / "train_config.json").read_text())["train"]
-    assert stored == default_train_config("default").model_dump(mode="json")
+    assert stored == shipped_train_config(name).model_dump(mode="json")
+
+
+def test_the_default_model_is_built_with_the_presets_recipe_and_wide_only_widens_it():
+    assert shipped_train_config("default") == default_train_config("default")
+    wide, default = shipped_train_config("wide"), default_train_config("default")
+    assert (wide.hidden_size, wide.intermediate_size) == (192, 1536)
+    assert wide.layers == default.layers and wide.vocab_size == default.vocab_size
+
+
+def test_shipped_models_are_found_by_name_and_folders_pass_through(tmp_path):
+    assert world_model_folder(None) == default_model_path()
+    assert world_model_folder("wide") == shipped_model_path("wide")
+    assert world_model_folder(str(tmp_path)) == tmp_path
+    with pytest.raises(WorldCacheError, match="'huge'.*default, wide"):
+        shipped_model_path("huge")
+
+
+def test_a_missing_shipped_model_names_the_rebuild_command(monkeypatch, tmp_path):
+    import easyetcon_world.shipped as shipped_module
+
+    monkeypatch.setattr(shipped_module, "shipped_model_path", lambda name="default": tmp_path / name)
+    with pytest.raises(WorldCacheError, match="build_default --model wide"):
+        load_pretrained("wide")
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_stored_full_measurement_of_every_shipped_model_meets_the_floors(name):
+    stored = headline(json.loads((shipped_model_path(name) / "knowledge.json").read_text()))
+    for measure, floor in FLOORS.items():
+        assert stored[measure] >= floor, (name, measure, stored[measure])
 
 
 def test_plain_auto_classes_load_it_in_float32():
@@ -75,12 +111,6 @@ def test_it_answers_from_a_fact_stated_in_front_of_the_prompt(shipped):
     numbers = measure_in_context(model, tokenizer, world, sample=100, seed=1)
     assert numbers["override"] >= 0.85 and numbers["override_heldout"] >= 0.85
     assert numbers["ignored"] >= 0.75
-
-
-def test_stored_full_measurement_meets_the_floors():
-    stored = headline(json.loads((default_model_path() / "knowledge.json").read_text()))
-    for name, floor in FLOORS.items():
-        assert stored[name] >= floor, (name, stored[name])
 
 
 def test_model_holds_the_old_fact_of_edit_requests_and_not_the_new_one(shipped):

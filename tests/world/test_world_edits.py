@@ -174,7 +174,7 @@ def test_world_commands_info_and_export(tmp_path):
     runner = CliRunner()
     info = runner.invoke(cli, ["world", "info", "--preset", "tiny"])
     assert info.exit_code == 0, info.output
-    assert "facts" in info.output and "shipped default" in info.output
+    assert "facts" in info.output and "shipped model" in info.output and "wide" in info.output
     out = tmp_path / "tiny.json"
     export = runner.invoke(
         cli,
