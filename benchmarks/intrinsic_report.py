@@ -1,11 +1,13 @@
 """README-ready tables from the intrinsic benchmarks' JSON results.
 
     python benchmarks/intrinsic_report.py benchmarks/results/intrinsic_*.json > benchmarks/results/intrinsic_README.md
+    python benchmarks/intrinsic_report.py --plots benchmarks/results/intrinsic_sequential*.json   # + retention PNGs
 
 Reads any mix of ``intrinsic_single.py``, ``intrinsic_sequential.py`` and
 ``intrinsic_stats_speed.py`` outputs (recognised by their keys) and prints Markdown: single-edit
 scores, the sequential runs' final scores and timing, and statistics throughput. Every number
-comes from the files; the command that produced each file is listed under the tables.
+comes from the files; the command that produced each file is listed under the tables. With
+``--plots``, each sequential run also gets one retention plot per editor beside its JSON.
 """
 
 from __future__ import annotations
@@ -67,7 +69,21 @@ def stats_table(data: dict) -> list[str]:
     return lines
 
 
-def main(paths: list[str]) -> int:
+def plot_curves(path: str, data: dict) -> list[Path]:
+    """One retention plot per editor of a sequential run, beside its JSON (``<stem>_<editor>.png``)."""
+    from easyetcon_eval.reports import plot_retention
+
+    written = []
+    for editor, result in data["editors"].items():
+        if result.get("curve"):
+            target = Path(path).with_name(f"{Path(path).stem}_{editor}.png")
+            written.append(plot_retention(result["curve"], target, title=f"{editor}: {Path(path).stem}"))
+    return written
+
+
+def main(argv: list[str]) -> int:
+    plots = "--plots" in argv
+    paths = [a for a in argv if a != "--plots"]
     commands = []
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -80,6 +96,8 @@ def main(paths: list[str]) -> int:
             print("\n".join(sequential_table(data)) + "\n")
             for editor, result in data["editors"].items():
                 print("\n".join(curve_table(editor, result)) + "\n")
+            if plots:
+                print("\n".join(f"retention plot: {png}" for png in plot_curves(path, data)) + "\n")
         else:
             print(f"### Single edits ({data['environment'].get('split', 'test')} split)\n")
             print("\n".join(single_table(data)) + "\n")
