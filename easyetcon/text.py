@@ -114,12 +114,14 @@ _ARTICLES = {"a", "an", "the"}
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation: lowercase, drop punctuation and articles, squeeze spaces."""
+    """SQuAD's normalisation (after Unicode NFKC): lowercase, delete punctuation, drop the
+    articles, squeeze spaces. The one definition used by metrics and rewards alike, so that what
+    consolidation is rewarded for is what evaluation scores ("U.S.A." equals "USA" in both)."""
     import string
     import unicodedata
 
     text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if ch in string.punctuation else ch for ch in text)
+    text = "".join(ch for ch in text if ch not in string.punctuation)
     return " ".join(word for word in text.split() if word not in _ARTICLES)
 
 

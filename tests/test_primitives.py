@@ -133,7 +133,8 @@ def test_eaft_rejects_tiny_k():
 def test_answer_normalisation_and_extraction():
     from easyetcon.text import answer_matches, extract_answer, extract_tagged_answer, normalize_answer
 
-    assert normalize_answer("  The  Eiffel-Tower! ") == "eiffel tower"
+    assert normalize_answer("  The  Eiffel Tower! ") == "eiffel tower"
+    assert normalize_answer("U.S.A.") == normalize_answer("USA") == "usa"  # as SQuAD scores it
     assert extract_tagged_answer("Paris is in France. <answer> French </answer> more") == "French"
     assert extract_tagged_answer("<answer> unclosed") is None
     assert extract_answer(" Rome. It is old.") == "Rome"

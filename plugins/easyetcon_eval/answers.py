@@ -8,18 +8,15 @@ for cloze prompts the end of the sentence), then, for prompts in the question-an
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterable
 
-from easyetcon.text import ANSWER_CLOSE, ANSWER_OPEN
+from easyetcon.text import ANSWER_CLOSE, ANSWER_OPEN, normalize_answer
 
 #: Markers that end every answer.
 ANSWER_END_MARKERS: tuple[str, ...] = (ANSWER_CLOSE, "\n")
 
 # A full stop followed by whitespace or the end of the text ends a cloze answer ("Paris. The ...").
 _SENTENCE_END = re.compile(r"\.(?=\s|$)")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
 
 
 def is_qa_prompt(prompt: str) -> bool:
@@ -64,14 +61,6 @@ def extract_answer(text: str) -> str:
         if close >= 0:
             text = text[:close]
     return text.strip()
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def exact_match(prediction: str, answers: Iterable[str]) -> bool:
