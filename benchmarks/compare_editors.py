@@ -34,22 +34,19 @@ COLUMNS = ("reliability", "generalization", "locality", "locality_vs_truth", "po
 
 def fact_world(n: int, model_path: str | None):
     from easyetcon_world.edits import make_edit_requests
-    from easyetcon_world.shipped import default_model_path, has_default_model, load_world
+    from easyetcon_world.shipped import WorldCacheError, load_world, world_model_folder
 
-    if model_path is None:
-        if not has_default_model():
-            sys.exit(
-                "the shipped fact-world model is missing (plugins/easyetcon_world/assets/default); build it with "
-                "`python -m easyetcon_world.build_default` or pass --model DIR (a world model folder)"
-            )
-        model_path = str(default_model_path())
+    try:
+        model_path = str(world_model_folder(model_path))
+    except WorldCacheError as error:
+        sys.exit(f"{error}; or pass --model DIR (a world model folder)")
     world = load_world(model_path)
     return model_path, make_edit_requests(world, "test", n, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="world model folder (default: the shipped one)")
+    parser.add_argument("--model", help="a shipped world model's name (default, wide) or a world model folder (default: default)")
     parser.add_argument("--n", type=int, default=50, help="fact-world test requests")
     parser.add_argument("--editor", action="append", default=[], help="only these editors (repeatable)")
     parser.add_argument("--chain", action="append", default=[], type=Path, help="extra chain spec to compare (repeatable)")

@@ -54,12 +54,12 @@ STRATEGY_DENSITY = {"linear": None, "ties": 0.7, "dare_linear": 0.7, "dare_ties"
 
 def world_setup(model_path: str | None):
     from easyetcon_world.edits import make_edit_requests
-    from easyetcon_world.shipped import default_model_path, has_default_model, load_world
+    from easyetcon_world.shipped import WorldCacheError, load_world, world_model_folder
 
-    if model_path is None:
-        if not has_default_model():
-            sys.exit("the shipped fact-world model is missing (plugins/easyetcon_world/assets/default); pass --model DIR")
-        model_path = str(default_model_path())
+    try:
+        model_path = str(world_model_folder(model_path))
+    except WorldCacheError as error:
+        sys.exit(f"{error}; or pass --model DIR (a world model folder)")
     world = load_world(model_path)
     return model_path, world, make_edit_requests
 
@@ -280,7 +280,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="world model folder (default: the shipped one)")
+    parser.add_argument("--model", help="a shipped world model's name (default, wide) or a world model folder (default: default)")
     parser.add_argument("--parts", default="retrieval,retrieval-lifelong,grace,lora")
     parser.add_argument("--n", type=int, default=100, help="test requests for retrieval and GRACE")
     parser.add_argument("--lifelong-n", type=int, default=1000, help="sequential edits of the lifelong retrieval run")

@@ -16,6 +16,7 @@ update along directions the layer rarely sees, AlphaEdit to find the directions 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import warnings
@@ -201,27 +202,30 @@ def _batches(texts: Iterable[str], batch_size: int, limit: int) -> Iterator[list
         yield batch
 
 
-def symmetric_gram(rows: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+#: Keys at least this wide get their Gram matrix by blocks (narrower ones gain nothing measurable).
+BLOCKED_GRAM_WIDTH = 1024
+
+
+def symmetric_gram(rows: torch.Tensor, blocks: int | None = None) -> torch.Tensor:
     """``rowsᵀ rows``, computing only the upper block triangle when ``blocks`` > 1.
 
     With ``b`` column blocks this takes ``(b + 1) / 2b`` of the multiplications (0.56 for 8), which
     matters when the keys are wide: for 1536-dimensional keys the product is about a quarter of the
-    cost of collecting statistics.
+    cost of collecting statistics. ``None`` chooses: 8 blocks from ``BLOCKED_GRAM_WIDTH`` columns on,
+    one product below.
     """
     width = rows.shape[1]
+    if blocks is None:
+        blocks = 8 if width >= BLOCKED_GRAM_WIDTH else 1
     if blocks <= 1 or width < 2 * blocks:
         return rows.T @ rows
     gram = rows.new_empty(width, width)
     edges = [round(i * width / blocks) for i in range(blocks + 1)]
-    for start, end in zip(edges, edges[1:]):
+    for start, end in itertools.pairwise(edges):
         band = rows[:, start:end].T @ rows[:, start:]
         gram[start:end, start:] = band
         gram[start:, start:end] = band.T
     return gram
-
-
-#: Keys at least this wide get their Gram matrix by blocks (narrower ones gain nothing measurable).
-BLOCKED_GRAM_WIDTH = 1024
 
 
 @torch.no_grad()
@@ -253,7 +257,7 @@ def collect_second_moments(
             if not mask_holder:  # another forward pass (e.g. a lazy text source generating)
                 return
             keys = args[0][mask_holder[0]].float()
-            moment = symmetric_gram(keys, blocks=8 if keys.shape[1] >= BLOCKED_GRAM_WIDTH else 1)
+            moment = symmetric_gram(keys)
             if layer in sums:
                 sums[layer].add_(moment)  # in place: a new fp64 d×d per batch costs as much as the product
             else:

@@ -158,7 +158,7 @@ def test_bad_sources_are_config_errors():
         resolve_texts(model, StatisticsConfig(source="dataset:/no/such/dataset/here"))
 
 
-@pytest.mark.parametrize("blocks", [1, 3, 8])
+@pytest.mark.parametrize("blocks", [None, 1, 3, 8])
 def test_symmetric_gram_equals_the_full_product(blocks):
     rows = torch.randn(37, 1030, generator=torch.Generator().manual_seed(0))
     gram = symmetric_gram(rows, blocks=blocks)

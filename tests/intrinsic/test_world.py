@@ -22,12 +22,12 @@ OPTIONS = {
 
 # The wide model's residual stream is about 8x larger: value vectors need a larger step
 # (benchmarks/intrinsic_configs_wide.json; docs/world.md, "The wide model").
-WIDE_VALUES = {**VALUES, "layers": [3], "fact_token": "last", "learning_rate": 1.0}
+WIDE_VALUES = {**VALUES, "fact_token": "last", "learning_rate": 1.0}
 WIDE_OPTIONS = {
     "ft-m": {"layers": [3], "learning_rate": 0.001, "steps": 40, "stop_loss": 0.05},
-    "rome": {**{k: v for k, v in WIDE_VALUES.items() if k != "layers"}, "layer": 3},
-    "memit": {**WIDE_VALUES, "covariance_weight": 100.0},
-    "alphaedit": {**WIDE_VALUES, "energy_fraction": 0.99},
+    "rome": {**WIDE_VALUES, "layer": 3},
+    "memit": {**WIDE_VALUES, "layers": [3], "covariance_weight": 100.0},
+    "alphaedit": {**WIDE_VALUES, "layers": [3], "energy_fraction": 0.99},
 }
 
 
