@@ -16,12 +16,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from easyetcon.errors import ChainStepError, ConfigError, StepVetoed
-from easyetcon.journal import ROLLED_BACK, Journal
+import torch
+
+from easyetcon.errors import ChainStepError, ConfigError, EasyEtconError, StepVetoed, UndoError
+from easyetcon.journal import ROLLED_BACK, UNDONE, Journal
 from easyetcon.plugins import PluginHost, get_host
-from easyetcon.records import EditRecord, WeightDelta, snapshot_weights, write_weights
+from easyetcon.records import (
+    EditRecord,
+    Factors,
+    WeightDelta,
+    check_digests,
+    non_finite_count,
+    snapshot_weights,
+    tensor_digest,
+    write_weights,
+)
 from easyetcon.registry import EditorInfo, Family
-from easyetcon.requests import EditRequest, parse_requests
+from easyetcon.requests import EditRequest, parse_requests, require_unique_ids
 
 Mode = Literal["sequential", "batch"]
 
@@ -53,24 +64,65 @@ class StepContext:
     mode: Mode
 
 
+class NonFiniteEditError(EasyEtconError):
+    """A step left NaN or infinite values in a weight or memory entry (the step is undone)."""
+
+
+class UndeclaredWriteError(EasyEtconError):
+    """A step changed parameters its editor did not list in ``weights_to_edit``."""
+
+
 @dataclass
 class ChainResult:
-    """The records of one :meth:`EditChain.apply`, oldest first."""
+    """The records of one :meth:`EditChain.apply`, oldest first.
+
+    ``originals`` holds, for each weight the call changed, its value before the call: one copy
+    per weight, however many steps changed it, so :meth:`undo` is bit-exact and memory stays
+    flat in the number of steps.
+    """
 
     records: list[EditRecord] = field(default_factory=list)
     journal: Journal | None = None
+    positions: list[int] = field(default_factory=list)
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def undo(self, model: Any) -> None:
-        """Undo every step of this result, newest first, restoring the model bit-exactly."""
+        """Undo every step of this result, restoring the model bit-exactly (and marking the
+        steps undone in the journal). Refused, with nothing changed, if the weights are no
+        longer as this result left them."""
+        first_before: dict[str, str] = {}
+        last_after: dict[str, str] = {}
+        for record in self.records:
+            for name, change in (record.weights.changes if record.weights is not None else {}).items():
+                first_before.setdefault(name, change.before)
+                last_after[name] = change.after
+        check_digests(model, last_after, "undo")
+        wrong = [n for n, digest in first_before.items() if tensor_digest(self.originals[n]) != digest]
+        if wrong:
+            raise UndoError(f"cannot undo: the kept values of {', '.join(wrong[:3])} before the chain do not match their digests")
+        write_weights(model, {n: self.originals[n] for n in first_before})
         for record in reversed(self.records):
-            record.undo(model)
+            if record.memory is not None:
+                model.memory_store(record.memory.store).apply_states(record.memory.before)
+        if self.journal is not None and self.positions:
+            self.journal.set_status(self.positions, UNDONE)
         self.records.clear()
+        self.positions.clear()
+        self.originals.clear()
 
     def seconds_by_step(self) -> dict[str, float]:
         totals: dict[str, float] = {}
         for record in self.records:
             totals[record.step_name] = totals.get(record.step_name, 0.0) + record.seconds
         return totals
+
+
+def prepare_editors(steps: Sequence[ChainStep], model: Any, requests: Sequence[EditRequest]) -> None:
+    """Call each editor's optional ``prepare`` (see :class:`~easyetcon.protocols.PreparedEditor`)."""
+    for step in steps:
+        prepare = getattr(step.editor, "prepare", None)
+        if callable(prepare):
+            prepare(model, list(requests))
 
 
 StepLike = ChainStep | str | tuple[str, dict[str, Any] | BaseModel] | dict[str, Any]
@@ -153,9 +205,12 @@ class EditChain:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         requests = parse_requests(requests)
+        require_unique_ids(requests, source="apply()")
         if journal is not None and not isinstance(journal, Journal):
             journal = Journal(journal)
         if journal is not None:
+            if not len(journal):
+                journal.record_base(model)
             journal.add_requests(requests)
         groups = (
             [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
@@ -163,33 +218,43 @@ class EditChain:
             else [requests]
         )
         result = ChainResult(journal=journal)
-        positions: list[int] = []
         bar = _progress(total=len(groups) * len(self.steps), enabled=progress, description=repr(self))
         try:
+            if groups:
+                prepare_editors(self.steps, model, groups[0])
             for group in groups:
                 for index, step in enumerate(self.steps):
                     context = StepContext(
                         index, step.name, step.info.name, step.info.family, step.config,
                         list(group), model, mode,
                     )
-                    record = self._run_step(step, context)
+                    record, before = self._run_step(step, context)
+                    for name in record.weights.changes if record.weights is not None else {}:
+                        result.originals.setdefault(name, before[name])
                     result.records.append(record)
                     if journal is not None:
-                        positions.append(journal.append(record))
+                        changed = record.weights.changes if record.weights is not None else {}
+                        base = {n: before[n] for n in journal.needs_base(changed)}
+                        result.positions.append(journal.append(record, base=base, model=model))
+                    del before
                     self.host.after_step(context, record, record.seconds)
                     bar.update(1)
         except BaseException:  # a failed step, or an interrupt between or inside steps
+            write_weights(model, result.originals)
             for record in reversed(result.records):
-                record.undo(model, check=False)
-            if journal is not None and positions:
-                journal.set_status(positions, ROLLED_BACK)
+                if record.memory is not None:
+                    model.memory_store(record.memory.store).apply_states(record.memory.before)
+            if journal is not None and result.positions:
+                journal.set_status(result.positions, ROLLED_BACK)
             result.records.clear()
             raise
         finally:
             bar.close()
         return result
 
-    def _run_step(self, step: ChainStep, context: StepContext) -> EditRecord:
+    def _run_step(self, step: ChainStep, context: StepContext) -> tuple[EditRecord, dict[str, torch.Tensor]]:
+        """Run one step and check it: every changed value finite, no undeclared parameter
+        written. Returns the record and the declared weights' values before the step."""
         model, requests = context.model, context.requests
         request_ids = [r.request_id for r in requests]
         started = time.perf_counter()
@@ -201,8 +266,15 @@ class EditChain:
             config=step.config.model_dump(mode="json"),
             request_ids=request_ids,
         )
-        before: dict | None = None
+        before: dict[str, torch.Tensor] = {}
         delta_holder: list = []
+        versions = _parameter_versions(model)
+        factors: dict[str, Factors] = {}
+
+        def collect(name: str, left: torch.Tensor, right: torch.Tensor) -> None:
+            factors.setdefault(name, []).append((left, right))
+
+        unrestorable: list[str] = []
         try:
             vetoes = self.host.before_step(context)
             if vetoes:
@@ -216,14 +288,33 @@ class EditChain:
                     delta_holder.append(delta)
                     step.editor.edit(model, store, requests)
                 record.memory = delta
+                bad = [f"entry {i!r} {what}" for i, e in delta.after.items() if e is not None for what in e.non_finite()]
+                if bad:
+                    raise NonFiniteEditError(f"memory store {step.name!r} got non-finite values: {', '.join(bad[:3])}")
             else:
                 names = list(step.editor.weights_to_edit(model, requests))
                 before = snapshot_weights(model, names)
-                step.editor.edit(model, requests)
-                record.weights = WeightDelta.between(before, snapshot_weights(model, names))
+                model._low_rank_listeners.append(collect)
+                try:
+                    step.editor.edit(model, requests)
+                finally:
+                    model._low_rank_listeners.remove(collect)
+                after = snapshot_weights(model, names)
+                _check_finite(model, after, before)
+                devices = {n: model.parameter(n).device for n in names}
+                record.weights = WeightDelta.between(before, after, factors, devices)
+            unrestorable = _undeclared_writes(model, versions, set(before))
+            if unrestorable:
+                raise UndeclaredWriteError(
+                    f"it changed parameter(s) {', '.join(unrestorable[:5])}{' ...' if len(unrestorable) > 5 else ''} "
+                    f"that its editor did not list in weights_to_edit"
+                )
+            journal_state = getattr(step.editor, "journal_state", None)
+            if callable(journal_state):
+                record.editor_state = dict(journal_state(model, requests) or {})
         except BaseException as error:
             # Restore this step's own partial change before the chain undoes earlier steps.
-            if before is not None:
+            if before:
                 write_weights(model, before)
             if delta_holder:
                 model.memory_store(step.name).apply_states(delta_holder[0].before)
@@ -231,15 +322,47 @@ class EditChain:
             if isinstance(error, KeyboardInterrupt):
                 raise
             what = "was vetoed" if isinstance(error, StepVetoed) else "failed"
+            if not unrestorable:
+                unrestorable = _undeclared_writes(model, versions, set(before))
+            restored = (
+                "The model was restored to its state before the chain."
+                if not unrestorable else
+                f"The declared weights and earlier steps were restored, but {', '.join(unrestorable[:5])} "
+                f"could not be (no copy was kept of undeclared parameters): reload the model before using it."
+            )
             raise ChainStepError(
                 f"step {context.index} ({step.name}, editor {step.info.name!r}) {what} on "
                 f"request(s) {', '.join(request_ids[:5])}{' ...' if len(request_ids) > 5 else ''}: "
-                f"{type(error).__name__}: {error}. The model was restored to its state before "
-                f"the chain.",
+                f"{type(error).__name__}: {error}. {restored}",
                 step_index=context.index, editor=step.info.name, request_ids=request_ids,
             ) from error
         record.seconds = time.perf_counter() - started
-        return record
+        return record, before
+
+
+def _parameter_versions(model: Any) -> dict[str, tuple[int, int]]:
+    """Each parameter's in-place version counter and storage address: writes bump one or the other."""
+    return {name: (p._version, p.data_ptr()) for name, p in model.torch_model.named_parameters()}
+
+
+def _undeclared_writes(model: Any, versions: dict[str, tuple[int, int]], declared: set[str]) -> list[str]:
+    now = _parameter_versions(model)
+    changed = [n for n in now.keys() | versions.keys() if n not in declared and now.get(n) != versions.get(n)]
+    return sorted(changed)
+
+
+def _check_finite(model: Any, after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> None:
+    for name, value in after.items():
+        count = non_finite_count(value)
+        if count and not non_finite_count(before[name]):
+            dtype = model.parameter(name).dtype
+            cause = (
+                f"the model is in {str(dtype).replace('torch.', '')}, whose range this update overflowed; "
+                f"load it in float32 or lower the learning rate"
+                if dtype in (torch.float16, torch.bfloat16)
+                else "the update diverged: lower the learning rate (or add a ridge / fewer steps)"
+            )
+            raise NonFiniteEditError(f"parameter {name!r} has {count} non-finite value(s) after the edit; {cause}")
 
 
 class _NoProgress:

@@ -4,9 +4,9 @@ plugins add more through the ``easyetcon_register_commands`` hook."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,15 @@ class _Group(click.Group):
     """Turns easyetcon's own errors into one clear line and exit code 2, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from easyetcon.files import describe_os_error
+
         try:
             return super().invoke(ctx)
         except EasyEtconError as error:
             click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except OSError as error:  # a full disk, a read-only folder: the user's files are as they were
+            click.echo(f"error: {describe_os_error(error, 'complete the command')}", err=True)
             sys.exit(2)
 
 
@@ -105,71 +110,117 @@ def edit(model_name, chain_path, data_path, out_dir, mode, batch_size, dtype) ->
     from easyetcon.requests import load_requests
     from easyetcon.spec import load_chain_spec
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise click.UsageError(f"--out {out_dir!r} exists and is not empty; choose a new folder")
+    from easyetcon.files import locked_folder, remove_abandoned_staging, staging_folder
+    from easyetcon.journal import Journal
+    from easyetcon.requests import require_unique_ids
+
+    out = Path(out_dir).absolute()
+    _require_empty_output(out)
     # Validate everything cheap before loading the model.
     spec, chain = load_chain_spec(chain_path)
     requests = load_requests(data_path)
+    require_unique_ids(requests, source=str(data_path))
     model_source = model_name or spec.model
     if not model_source:
         raise click.UsageError("no model: pass --model or set 'model:' in the chain spec")
-    model = load_model(model_source, dtype=dtype or spec.dtype, device_map=spec.device_map)
-    console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
-
-    staging = Path(tempfile.mkdtemp(prefix=".easyetcon-edit-", dir=out.parent if out.parent.exists() else None))
-    try:
-        from easyetcon.journal import Journal
-
-        journal = Journal(staging / "journal", metadata={"model": model_source, "chain_spec": spec.model_dump(mode="json")})
-        result = chain.apply(
-            model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
-            journal=journal, progress=True,
-        )
-        model.save_pretrained(staging / "model")
-        out.mkdir(parents=True, exist_ok=True)
-        for child in staging.iterdir():
-            shutil.move(str(child), out / child.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with locked_folder(out):
+        for removed in remove_abandoned_staging(out.parent):
+            console.print(f"removed {removed}, left behind by an interrupted run")
+        _require_empty_output(out)  # another run may have finished into it meanwhile
+        model = load_model(model_source, dtype=dtype or spec.dtype, device_map=spec.device_map)
+        console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
+        # Build the run in a hidden folder beside OUT, then rename it onto OUT in one step, so
+        # OUT is either untouched or complete.
+        with staging_folder(out.parent, out.name) as staging:
+            built = staging / "run"
+            journal = Journal(built / "journal", metadata={"model": model_source, "chain_spec": spec.model_dump(mode="json")})
+            result = chain.apply(
+                model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
+                journal=journal, progress=True,
+            )
+            model.save_pretrained(built / "model")
+            os.rename(built, out)  # replaces the empty OUT in one step
     timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
     console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
     console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
 
 
+def _require_empty_output(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise click.UsageError(f"--out {str(out)!r} exists and is not empty; choose a new folder")
+
+
 # ---------------------------------------------------------------------------------------------
+UNDO_BACKUP, UNDO_STAGING = ".model-before-undo", ".easyetcon-staging-undo"
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--last", type=int, help="Undo only the newest N applied steps.")
+@click.option("--last", type=click.IntRange(min=1), help="Undo only the newest N applied steps (N >= 1).")
 def undo(run_dir: str, last: int | None) -> None:
-    """Roll back the edits recorded in RUN_DIR's journal and save the restored model in place."""
-    from easyetcon.journal import Journal
-    from easyetcon.model import load_model
+    """Roll back the edits recorded in RUN_DIR's journal and save the restored model in place.
+
+    The saved model is first checked, weight by weight, against the state the journal
+    describes; the restored weights are rebuilt from the records and checked against their
+    digests before anything on disk changes.
+    """
+    from easyetcon.files import locked_folder
+    from easyetcon.journal import UNDONE, Journal
 
     run = Path(run_dir)
-    journal = Journal.open(run / "journal")
-    if not journal.entries("applied"):
-        console.print("nothing to undo: every step of this journal is already undone")
-        return
-    model = load_model(run / "model")
-    staging = Path(tempfile.mkdtemp(prefix=".easyetcon-undo-", dir=run))
-    try:
-        # Undo in memory and save to a staging folder first, so a failure leaves RUN_DIR intact.
-        from easyetcon.records import EditRecord  # noqa: F401  (records load lazily per step)
-
-        applied = [e["position"] for e in journal.entries("applied")]
-        chosen = applied[::-1] if last is None else applied[::-1][:last]
-        for position in chosen:
-            journal.record(position).undo(model)
+    if not (run / "journal").is_dir():
+        raise click.UsageError(f"{run_dir!r} has no journal/ folder; pass the --out folder of 'easyetcon edit'")
+    with locked_folder(run):
+        journal = Journal.open(run / "journal")
+        if not (run / "model").is_dir() and not (run / UNDO_BACKUP).is_dir():
+            raise click.UsageError(
+                f"{run_dir!r} has a journal but no saved model (an 'easyetcon eval' run keeps only its "
+                f"journal): replay it onto the base model from Python with Journal.replay, or rerun it"
+            )
+        model = _finish_interrupted_undo(run, journal)
+        if not journal.entries("applied"):
+            console.print("nothing to undo: every step of this journal is already undone")
+            return
+        chosen = journal.rollback(model, last=last, mark=False)
+        staging = run / UNDO_STAGING
+        if staging.exists():
+            shutil.rmtree(staging)
         model.save_pretrained(staging / "model")
-        backup = run / ".model-before-undo"
-        (run / "model").rename(backup)
-        (staging / "model").rename(run / "model")
-        shutil.rmtree(backup)
-        journal.set_status(chosen, "undone")
-    finally:
+        # The order makes every crash point recoverable: the next undo keeps whichever of the
+        # two saved models matches the journal (see _finish_interrupted_undo).
+        os.rename(run / "model", run / UNDO_BACKUP)
+        os.rename(staging / "model", run / "model")
+        journal.set_status(chosen, UNDONE)
+        shutil.rmtree(run / UNDO_BACKUP)
         shutil.rmtree(staging, ignore_errors=True)
     console.print(f"undid {len(chosen)} step(s); restored model saved to {run / 'model'}")
+
+
+def _finish_interrupted_undo(run: Path, journal: Any) -> Any:
+    """Load RUN/model, after settling an undo that was cut off: of RUN/model and the backup it
+    left, keep the one the journal describes. Raise if the saved model matches neither."""
+    from easyetcon.errors import JournalError
+    from easyetcon.model import load_model
+
+    candidates = [p for p in (run / "model", run / UNDO_BACKUP) if p.is_dir()]
+    for path in candidates:
+        model = load_model(path, dtype="auto")
+        try:
+            journal.check_current(model, what=f"the saved model {str(path)!r}")
+        except JournalError as error:
+            problem = error
+            continue
+        if path.name == UNDO_BACKUP:
+            if (run / "model").exists():
+                shutil.rmtree(run / "model")
+            os.rename(path, run / "model")
+            console.print("an interrupted undo had not finished; the model before it was put back")
+        elif (run / UNDO_BACKUP).exists():
+            shutil.rmtree(run / UNDO_BACKUP)
+            console.print("an interrupted undo had finished; its leftover backup was removed")
+        shutil.rmtree(run / UNDO_STAGING, ignore_errors=True)
+        return model
+    raise JournalError(f"{problem}. Nothing was changed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +255,9 @@ _commands_registered = False
 def main() -> None:
     """Entry point of the ``easyetcon`` script."""
     global _commands_registered
+    from easyetcon.files import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     if not _commands_registered:
         try:
             get_host().register_commands(cli)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+import torch
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
@@ -36,6 +37,40 @@ class WeightEditor(Protocol):
 
     def edit(self, model: EditableModel, requests: Sequence[EditRequest]) -> None:
         """Change the declared weights so the model states each request's ``target_new``."""
+        ...
+
+
+class PreparedEditor(Protocol):
+    """Optional methods of any editor, for runs that must resume bit-exactly.
+
+    An editor that derives something from the model at first use (key statistics, generated
+    prefixes, a layer chosen by tracing) computes it in :meth:`prepare`. An editor that carries
+    state from one edit to the next (AlphaEdit's moment of edited keys) returns what it needs
+    from :meth:`journal_state` and rebuilds it in :meth:`restore_state`. The chain calls these;
+    an editor without them is treated as stateless.
+    """
+
+    def prepare(self, model: EditableModel, requests: Sequence[EditRequest]) -> None:
+        """Derive everything this editor computes from the model, before any edit.
+
+        The chain calls it for every step before the first edit of :meth:`EditChain.apply`, and
+        a resumed run calls it on the freshly loaded *unedited* model before it replays the
+        journal, so both see the same model and derive the same values. ``requests`` is the
+        first group the run edits (e.g. for a layer chosen by causal tracing). Must be cheap
+        when called again for the same model.
+        """
+        ...
+
+    def journal_state(self, model: EditableModel, requests: Sequence[EditRequest]) -> dict[str, torch.Tensor]:
+        """Tensors to store in this step's record so :meth:`restore_state` can rebuild the
+        editor's carried state on replay (e.g. the edited keys). Called right after :meth:`edit`.
+        Keep it small: it is stored once per step."""
+        ...
+
+    def restore_state(self, model: EditableModel, requests: Sequence[EditRequest], state: dict[str, torch.Tensor]) -> None:
+        """Rebuild carried state from a replayed step's :meth:`journal_state`, in journal order,
+        after the step's weights were replayed: afterwards the editor must be in the state it
+        had after that step in the original run."""
         ...
 
 

@@ -1,20 +1,54 @@
 """Edit records: what a chain step changed, kept so the step can be undone bit-exactly,
-replayed, and saved (tensors with safetensors, the rest as JSON)."""
+replayed, and saved (tensors with safetensors, the rest as JSON).
+
+A record stores what an update *is*, not two copies of every changed matrix: for each changed
+weight the SHA-256 of its bits before and after, plus either the low-rank factors the editor
+added (:meth:`EditableModel.add_low_rank`; two vectors for a rank-one ROME edit) or, for a dense
+update, the whole new value. Applying a record checks the weight it starts from and the weight
+it produces against those digests, so a replay can never silently produce other weights.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import json
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from easyetcon.errors import JournalError, UndoError
+
+# ------------------------------------------------------------------------------------------
+# Bits
+# ------------------------------------------------------------------------------------------
+
+
+def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same dtype, shape and bit pattern (so NaN equals NaN)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_raw_bytes(a), _raw_bytes(b))
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bits: equal digests, bit-identical tensors."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(_raw_bytes(tensor).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def non_finite_count(tensor: torch.Tensor) -> int:
+    """How many entries of a floating-point tensor are NaN or infinite (0 for other dtypes)."""
+    if not tensor.is_floating_point():
+        return 0
+    return int((~torch.isfinite(tensor)).sum())
+
 
 # ------------------------------------------------------------------------------------------
 # Weights
@@ -34,36 +68,105 @@ def write_weights(model: Any, tensors: dict[str, torch.Tensor]) -> None:
             parameter.copy_(value.to(device=parameter.device, dtype=parameter.dtype))
 
 
+def add_low_rank_to(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``weight + left @ right``, computed in fp64 on the weight's device and cast to its dtype.
+
+    The one definition of a low-rank update: :meth:`EditableModel.add_low_rank` applies it and
+    replay applies it again, so the two agree bit for bit on the same kind of device.
+    """
+    device = weight.device
+    update = left.to(device=device, dtype=torch.float64) @ right.to(device=device, dtype=torch.float64)
+    return (weight.to(torch.float64) + update).to(weight.dtype)
+
+
+Factors = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TensorChange:
+    """How one parameter changed in one step.
+
+    ``factors`` (low-rank updates applied in order) or ``full`` (the whole new value) rebuilds
+    the new value from the old; ``before`` and ``after`` are :func:`tensor_digest` values.
+    """
+
+    before: str
+    after: str
+    factors: Factors | None = None
+    full: torch.Tensor | None = None
+
+    @property
+    def form(self) -> str:
+        return "factors" if self.factors is not None else "full"
+
+    def rebuild(self, before: torch.Tensor) -> torch.Tensor:
+        """The new value, from the old one (a CPU tensor)."""
+        if self.full is not None:
+            return self.full
+        value = before
+        for left, right in self.factors or []:
+            value = add_low_rank_to(value, left, right)
+        return value
+
+    def stored_bytes(self) -> int:
+        tensors = [self.full] if self.full is not None else [t for pair in self.factors or [] for t in pair]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
 @dataclass
 class WeightDelta:
-    """Each changed parameter's value before and after a step."""
+    """The parameters a step changed, each as a :class:`TensorChange`."""
 
-    before: dict[str, torch.Tensor]
-    after: dict[str, torch.Tensor]
+    changes: dict[str, TensorChange] = field(default_factory=dict)
 
     @classmethod
-    def between(cls, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> WeightDelta:
-        """Keep only the parameters that really changed."""
-        changed = [name for name in before if not torch.equal(before[name], after[name])]
-        return cls({n: before[n] for n in changed}, {n: after[n] for n in changed})
+    def between(
+        cls,
+        before: dict[str, torch.Tensor],
+        after: dict[str, torch.Tensor],
+        factors: dict[str, Factors] | None = None,
+        devices: dict[str, torch.device] | None = None,
+    ) -> WeightDelta:
+        """Keep the parameters whose bits changed. Where the step wrote a parameter only through
+        low-rank ``factors`` and re-applying them to ``before`` (on the parameter's device, from
+        ``devices``) reproduces ``after`` bit for bit, the change is stored as those factors;
+        otherwise as the whole new value."""
+        changes: dict[str, TensorChange] = {}
+        for name, old in before.items():
+            new = after[name]
+            if same_bits(old, new):
+                continue
+            change = TensorChange(tensor_digest(old), tensor_digest(new))
+            candidate = (factors or {}).get(name)
+            device = (devices or {}).get(name, old.device)
+            if candidate and same_bits(TensorChange("", "", factors=candidate).rebuild(old.to(device)), new):
+                change.factors = [(l.detach().to("cpu"), r.detach().to("cpu")) for l, r in candidate]
+            else:
+                change.full = new
+            changes[name] = change
+        return cls(changes)
 
     @property
     def names(self) -> list[str]:
-        return list(self.before)
+        return list(self.changes)
 
-    def check_current(self, model: Any, expected: dict[str, torch.Tensor], action: str) -> None:
-        stale = [
-            name for name, value in expected.items()
-            if not torch.equal(model.parameter(name).detach().to("cpu"), value)
-        ]
-        if stale:
-            raise UndoError(
-                f"cannot {action}: parameter(s) {', '.join(stale[:3])} changed since this step "
-                f"(a later step edited them); undo later steps first"
-            )
+    def stored_bytes(self) -> int:
+        return sum(change.stored_bytes() for change in self.changes.values())
 
-    def numel(self) -> int:
-        return sum(t.numel() for t in self.before.values())
+
+def parameter_digest(model: Any, name: str) -> str:
+    return tensor_digest(model.parameter(name).detach())
+
+
+def check_digests(model: Any, expected: dict[str, str], action: str) -> None:
+    """Raise :class:`UndoError` unless each named parameter's bits have the expected digest."""
+    stale = [name for name, digest in expected.items() if parameter_digest(model, name) != digest]
+    if stale:
+        raise UndoError(
+            f"cannot {action}: parameter(s) {', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''} "
+            f"are not in the state this step expects (another step changed them since, or the model "
+            f"is not the one this record belongs to); undo later steps first or load the right model"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,8 +186,14 @@ class MemoryEntry:
             other is not None
             and self.data == other.data
             and self.tensors.keys() == other.tensors.keys()
-            and all(torch.equal(self.tensors[k], other.tensors[k]) for k in self.tensors)
+            and all(same_bits(self.tensors[k], other.tensors[k]) for k in self.tensors)
         )
+
+    def non_finite(self) -> list[str]:
+        """Names of tensors (and data fields) holding NaN or infinite values."""
+        bad = [f"tensor {k!r}" for k, t in self.tensors.items() if non_finite_count(t)]
+        bad += [f"field {k!r}" for k, v in self.data.items() if isinstance(v, float) and not math.isfinite(v)]
+        return bad
 
 
 @dataclass
@@ -185,7 +294,12 @@ class MemoryStore:
 
 @dataclass
 class EditRecord:
-    """What one chain step did: enough to undo it bit-exactly or to apply it again."""
+    """What one chain step did: enough to apply it again and, with the weights it started from,
+    to undo it bit-exactly.
+
+    ``editor_state`` holds what the editor asked to keep for replay
+    (:meth:`~easyetcon.protocols.PreparedEditor.journal_state`).
+    """
 
     step_index: int
     step_name: str
@@ -196,104 +310,43 @@ class EditRecord:
     weights: WeightDelta | None = None
     memory: MemoryDelta | None = None
     seconds: float = 0.0
+    editor_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def undo(self, model: Any, *, check: bool = True) -> None:
-        """Restore what this step changed. With ``check``, refuse if a later step changed the
-        same weights (undo newer records first)."""
+    def redo(self, model: Any) -> None:
+        """Apply this step's change again (replay): each changed weight must be in the state
+        the step started from, and must come out in the state it produced."""
         if self.weights is not None:
-            if check:
-                self.weights.check_current(model, self.weights.after, "undo")
-            write_weights(model, self.weights.before)
-        if self.memory is not None:
-            model.memory_store(self.memory.store).apply_states(self.memory.before)
-
-    def redo(self, model: Any, *, check: bool = True) -> None:
-        """Apply this step's change again (replay)."""
-        if self.weights is not None:
-            if check:
-                self.weights.check_current(model, self.weights.before, "replay")
-            write_weights(model, self.weights.after)
+            changes = self.weights.changes
+            check_digests(model, {n: c.before for n, c in changes.items()}, "replay")
+            rebuilt = {n: c.rebuild(model.parameter(n).detach().to("cpu")) for n, c in changes.items()}
+            wrong = [n for n, value in rebuilt.items() if tensor_digest(value) != changes[n].after]
+            if wrong:
+                raise JournalError(
+                    f"replaying step {self.step_index} ({self.step_name}) does not reproduce "
+                    f"{', '.join(wrong[:3])} bit for bit (the record is damaged, or its low-rank "
+                    f"factors round differently on this device); the model was not changed"
+                )
+            write_weights(model, rebuilt)
         if self.memory is not None:
             model.memory_store(self.memory.store).apply_states(self.memory.after)
 
-    # ---- disk -------------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        meta: dict[str, Any] = {
-            "step_index": self.step_index,
-            "step_name": self.step_name,
-            "editor": self.editor,
-            "family": self.family,
-            "config": self.config,
-            "request_ids": self.request_ids,
-            "seconds": self.seconds,
-            "weights": self.weights.names if self.weights is not None else None,
-        }
+    def restore(self, model: Any, states: dict[str, torch.Tensor]) -> None:
+        """Undo this step, given each changed weight's value before it (``states``): the model
+        must hold exactly what the step produced, and ``states`` what it started from."""
         if self.weights is not None:
-            save_file(_contiguous(self.weights.before), str(directory / "weights_before.safetensors"))
-            save_file(_contiguous(self.weights.after), str(directory / "weights_after.safetensors"))
+            changes = self.weights.changes
+            check_digests(model, {n: c.after for n, c in changes.items()}, "undo")
+            wrong = [n for n in changes if n not in states or tensor_digest(states[n]) != changes[n].before]
+            if wrong:
+                raise UndoError(
+                    f"cannot undo step {self.step_index} ({self.step_name}): the saved value of "
+                    f"{', '.join(wrong[:3])} before it does not match its digest; the model was not changed"
+                )
+            write_weights(model, {n: states[n] for n in changes})
         if self.memory is not None:
-            meta["memory"] = {
-                "store": self.memory.store,
-                "before": _save_entries(self.memory.before, directory / "memory_before.safetensors"),
-                "after": _save_entries(self.memory.after, directory / "memory_after.safetensors"),
-            }
-        (directory / "record.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            model.memory_store(self.memory.store).apply_states(self.memory.before)
 
-    @classmethod
-    def load(cls, directory: Path) -> EditRecord:
-        try:
-            meta = json.loads((directory / "record.json").read_text(encoding="utf-8"))
-            weights = None
-            if meta.get("weights") is not None:
-                weights = WeightDelta(
-                    load_file(str(directory / "weights_before.safetensors")),
-                    load_file(str(directory / "weights_after.safetensors")),
-                )
-            memory = None
-            if meta.get("memory") is not None:
-                info = meta["memory"]
-                memory = MemoryDelta(
-                    info["store"],
-                    _load_entries(info["before"], directory / "memory_before.safetensors"),
-                    _load_entries(info["after"], directory / "memory_after.safetensors"),
-                )
-        except (OSError, KeyError, ValueError) as error:
-            raise JournalError(f"edit record in {str(directory)!r} is unreadable: {error}") from error
-        return cls(
-            step_index=meta["step_index"], step_name=meta["step_name"], editor=meta["editor"],
-            family=meta["family"], config=meta["config"], request_ids=meta["request_ids"],
-            weights=weights, memory=memory, seconds=meta.get("seconds", 0.0),
-        )
-
-
-def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: t.contiguous() for name, t in tensors.items()}
-
-
-def _save_entries(states: dict[str, MemoryEntry | None], path: Path) -> dict[str, Any]:
-    tensors: dict[str, torch.Tensor] = {}
-    index: dict[str, Any] = {}
-    for entry_id, entry in states.items():
-        if entry is None:
-            index[entry_id] = None
-            continue
-        index[entry_id] = {"data": entry.data, "tensors": sorted(entry.tensors)}
-        for key, value in entry.tensors.items():
-            tensors[f"{entry_id}/{key}"] = value.contiguous()
-    if tensors:
-        save_file(tensors, str(path))
-    return index
-
-
-def _load_entries(index: dict[str, Any], path: Path) -> dict[str, MemoryEntry | None]:
-    tensors = load_file(str(path)) if path.exists() else {}
-    states: dict[str, MemoryEntry | None] = {}
-    for entry_id, info in index.items():
-        if info is None:
-            states[entry_id] = None
-        else:
-            states[entry_id] = MemoryEntry(
-                info["data"], {key: tensors[f"{entry_id}/{key}"] for key in info["tensors"]}
-            )
-    return states
+    def stored_bytes(self) -> int:
+        """Bytes of tensors this record keeps (weights and editor state; not memory entries)."""
+        weights = self.weights.stored_bytes() if self.weights is not None else 0
+        return weights + sum(t.numel() * t.element_size() for t in self.editor_state.values())

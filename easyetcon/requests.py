@@ -59,8 +59,8 @@ class EditRequest(BaseModel):
     @field_validator("target_new", "subject", "prompt")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
+        if not visible_text(value):
+            raise ValueError("must not be blank (it holds only spaces or invisible characters)")
         return value
 
     @field_validator("case_id", mode="before")
@@ -98,6 +98,25 @@ class EditRequest(BaseModel):
                 f"request {self.request_id!r}: subject {self.subject!r} does not occur in prompt "
                 f"{self.prompt!r}; fix the record or use an editor that does not locate subjects"
             )
+
+
+def visible_text(value: str) -> str:
+    """``value`` without white space and invisible characters (zero-width spaces, format and
+    control characters): empty when nothing in it would show."""
+    import unicodedata
+
+    return "".join(c for c in value if not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc", "Zs", "Zl", "Zp"))
+
+
+def require_unique_ids(requests: Sequence[EditRequest], *, source: str = "requests") -> None:
+    """Raise :class:`RequestError` naming each repeated request id and the positions it is at."""
+    seen: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        seen.setdefault(request.request_id, []).append(index)
+    repeated = {i: places for i, places in seen.items() if len(places) > 1}
+    if repeated:
+        shown = "; ".join(f"{i!r} at records {', '.join(map(str, places))}" for i, places in list(repeated.items())[:5])
+        raise RequestError(f"{source}: request ids must be unique; repeated: {shown} (give each request its own case_id)")
 
 
 def _format_validation_error(prefix: str, error: ValidationError) -> list[str]:
@@ -144,7 +163,12 @@ def load_requests(path: str | Path) -> list[EditRequest]:
     path = Path(path)
     if not path.is_file():
         raise RequestError(f"request file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError(f"request file {str(path)!r} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise RequestError(f"request file {str(path)!r} cannot be read: {error.strerror or error}") from None
     if not text.strip():
         raise RequestError(f"request file {str(path)!r} is empty")
     try:

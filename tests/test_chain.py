@@ -6,6 +6,7 @@ import torch
 from easyetcon.chain import EditChain
 from easyetcon.errors import ChainStepError, ConfigError, UndoError
 from easyetcon.journal import Journal
+from easyetcon.records import tensor_digest
 from easyetcon.testing import tiny_model, tiny_requests
 from tests.toy_plugins import EventLog
 
@@ -45,8 +46,10 @@ def test_weight_record_holds_exact_before_and_after(toy_host, model):
     (record,) = result.records
     name = model.adapter.weight_name("mlp_out", 0)
     assert record.weights.names == [name]
-    assert torch.equal(record.weights.before[name], original)
-    assert torch.equal(record.weights.after[name], original + 0.25)
+    change = record.weights.changes[name]
+    assert change.before == tensor_digest(original)
+    assert torch.equal(change.full, original + 0.25) and change.after == tensor_digest(original + 0.25)
+    assert torch.equal(result.originals[name], original)
 
 
 def test_failure_restores_the_model_and_names_step_and_request(toy_host, model, tmp_path):

@@ -83,12 +83,15 @@ def test_suite_passes_an_honest_editor_and_fails_broken_ones(pytester):
     outcomes = {line.split("::", 1)[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
     honest = [o for o in outcomes if o.startswith("TestHonest")]
     assert honest == [], honest
-    # Weights changed behind the chain's back break declaration, undo and the journal.
+    # Weights changed behind the chain's back: the chain itself refuses the step, so every
+    # check that edits fails, and the message names the undeclared parameter.
     assert {o for o in outcomes if o.startswith("TestUndeclared")} == {
+        "TestUndeclared::test_edit_makes_model_predict_target[llama]",
         "TestUndeclared::test_changes_only_declared_weights[llama]",
         "TestUndeclared::test_undo_restores_bit_exactly[llama]",
         "TestUndeclared::test_journal_round_trips[llama]",
     }
+    assert "did not list in weights_to_edit" in result.stdout.str()
     assert "TestLazy::test_edit_makes_model_predict_target[llama]" in outcomes
     assert "TestLazy::test_undo_restores_bit_exactly[llama]" in outcomes
-    result.assert_outcomes(passed=6 + 3 + 4, failed=3 + 2)  # six checks per class
+    result.assert_outcomes(passed=6 + 2 + 4, failed=4 + 2)  # six checks per class

@@ -16,6 +16,9 @@ class ShiftConfig(BaseModel):
     layer: int = 0
     amount: float = Field(default=0.5, gt=0)
     fail_on: str | None = Field(default=None, description="Raise after changing weights for this case_id.")
+    low_rank: bool = Field(default=False, description="Write a rank-one update through model.add_low_rank.")
+    poison: float | None = Field(default=None, description="Also write this value (e.g. nan) into the weight.")
+    sneak_layer: int | None = Field(default=None, description="Also change this layer's weight without declaring it.")
 
 
 class ShiftEditor:
@@ -28,10 +31,19 @@ class ShiftEditor:
         return [model.adapter.weight_name("mlp_out", self.config.layer)]
 
     def edit(self, model, requests: Sequence) -> None:
-        weight = model.parameter(self.weights_to_edit(model, requests)[0])
+        name = self.weights_to_edit(model, requests)[0]
+        weight = model.parameter(name)
         with torch.no_grad():
             for request in requests:
-                weight.add_(self.config.amount)
+                if self.config.low_rank:
+                    rows, cols = weight.shape
+                    model.add_low_rank(name, torch.full((rows, 1), self.config.amount), torch.linspace(-1, 1, cols)[None, :])
+                else:
+                    weight.add_(self.config.amount)
+                if self.config.poison is not None:
+                    weight[0, 0] = self.config.poison
+                if self.config.sneak_layer is not None:
+                    model.parameter(model.adapter.weight_name("mlp_out", self.config.sneak_layer)).add_(1.0)
                 if request.case_id == self.config.fail_on:
                     raise RuntimeError(f"toy failure on {request.case_id}")
 

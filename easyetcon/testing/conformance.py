@@ -129,8 +129,9 @@ class EditorConformance:
             assert loaded.editor == record.editor and loaded.config == record.config
             if record.weights is not None:
                 assert loaded.weights is not None
-                for name, tensor in record.weights.after.items():
-                    assert torch.equal(loaded.weights.after[name], tensor)
+                for name, change in record.weights.changes.items():
+                    assert loaded.weights.changes[name].after == change.after
+                    assert loaded.weights.changes[name].form == change.form
         journal.rollback(model)
         assert model.state_hash() == original
         assert all(len(store) == 0 for store in model.memories.values())

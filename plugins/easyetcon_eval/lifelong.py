@@ -12,8 +12,10 @@ With ``out_dir`` the run keeps ``journal/`` (an :class:`easyetcon.Journal`), ``b
 (the unedited model's outputs, computed once) and ``lifelong.json`` (curve and timings, rewritten
 atomically after every group). Started again on the same folder with a freshly loaded unedited
 model, it replays the journal's complete groups onto the model, drops a group that was cut off
-half-way, and continues with the first request not yet edited. (Editors that keep statistics
-between calls start them afresh on resume.)
+half-way, and continues with the first request not yet edited. Before the replay every editor
+derives its statistics, prefixes and layer choice from that unedited model (``prepare``) and
+rebuilds the state it carries between edits from the journal (``restore_state``), so a resumed
+run is bit for bit the run that was not interrupted.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from easyetcon.errors import ConfigError, JournalError
-from easyetcon.journal import APPLIED, ROLLED_BACK, Journal, write_json_atomic
+from easyetcon.chain import prepare_editors
+from easyetcon.journal import APPLIED, INDEX_FILE, ROLLED_BACK, Journal, write_json_atomic
 from easyetcon.registry import Family
 from easyetcon.requests import EditRequest, parse_requests
 from easyetcon_eval.evaluate import (
@@ -221,10 +224,10 @@ def run_lifelong(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         journal_dir = out / "journal"
-        if (journal_dir / "journal.json").exists() and not resume:
+        if (journal_dir / INDEX_FILE).exists() and not resume:
             raise ConfigError(f"{str(out)!r} already holds a lifelong run; pass resume=True to continue it or choose a new folder")
         if (out / STATE_FILE).is_file():
-            state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+            state = _read_state(out / STATE_FILE)
 
     # The baseline needs the unedited model, so it comes before any replay.
     if baseline is True:
@@ -236,15 +239,10 @@ def run_lifelong(
     chain_description = describe_chain(chain)
     if out is not None:
         journal_dir = out / "journal"
-        base_hash = model.state_hash()
-        if (journal_dir / "journal.json").exists():
+        if (journal_dir / INDEX_FILE).exists():
             journal = Journal(journal_dir)
             meta = journal.metadata
-            if meta.get("base_model") != base_hash:
-                raise JournalError(
-                    f"the lifelong run in {str(out)!r} started from a different model (weights hash "
-                    f"{str(meta.get('base_model'))[:12]}..., this model {base_hash[:12]}...); load the same unedited model"
-                )
+            journal.check_base(model, what=f"the model given to resume the lifelong run in {str(out)!r}")
             if meta.get("chain") != chain_description:
                 raise JournalError(f"the lifelong run in {str(out)!r} used another chain: {meta.get('chain')}")
             if meta.get("groups") != group_ids:
@@ -255,14 +253,24 @@ def run_lifelong(
             done_groups, positions, partial = _complete_groups(journal, group_ids, len(chain.steps))
             if partial:
                 journal.set_status(partial, ROLLED_BACK)
+            # Editors derive their statistics, prefixes and layers from the unedited model, as
+            # the uninterrupted run did, before any step is replayed.
+            if groups:
+                prepare_editors(chain.steps, model, groups[0])
+            by_id = {r.request_id: r for r in requests}
             for position in positions:
-                journal.record(position).redo(model)
+                record = journal.record(position)
+                record.redo(model)
+                restore = getattr(chain.steps[record.step_index].editor, "restore_state", None)
+                if callable(restore):
+                    restore(model, [by_id[i] for i in record.request_ids], record.editor_state)
             for step in chain.steps:
                 if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
                     step.editor.attach(model, model.memory_store(step.name))
                     model.attached_memories.add(step.name)
         else:
-            journal = Journal(journal_dir, metadata={"base_model": base_hash, "chain": chain_description, "groups": group_ids})
+            journal = Journal(journal_dir, metadata={"chain": chain_description, "groups": group_ids})
+            journal.record_base(model)
 
     edited = sum(len(g) for g in groups[:done_groups])
     curve = [p for p in state.get("curve", []) if p["edits"] <= edited] if done_groups else []
@@ -312,6 +320,19 @@ def run_lifelong(
 
         write_report(out, result)
     return result
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise JournalError(
+            f"{str(path)!r} is damaged ({error}); delete it to resume the run without its earlier "
+            f"retention points (the edits themselves are in the journal)"
+        ) from error
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise JournalError(f"{str(path)!r} is not a lifelong state file of version {STATE_VERSION}; delete it to resume")
+    return state
 
 
 def _seconds_from_journal(journal: Journal, group_ids: list[list[str]]) -> list[float]:

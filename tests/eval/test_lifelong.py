@@ -106,7 +106,7 @@ def test_resuming_needs_the_same_model_chain_and_requests(fresh, tmp_path):
         run_lifelong(fresh(), ["toy-notes"], requests(3), schedule="end", out_dir=tmp_path, **FAST)
     with pytest.raises(JournalError, match="other requests or batching"):
         run_lifelong(fresh(), ["toy-shift"], requests(3), schedule="end", batch_size=2, out_dir=tmp_path, **FAST)
-    with pytest.raises(JournalError, match="different model"):
+    with pytest.raises(JournalError, match="not the model this journal started from"):
         run_lifelong(tiny_model("llama", seed=1), ["toy-shift"], requests(3), schedule="end", out_dir=tmp_path, **FAST)
     with pytest.raises(ConfigError, match="resume=True"):
         run_lifelong(fresh(), ["toy-shift"], requests(3), schedule="end", out_dir=tmp_path, resume=False, **FAST)
