@@ -119,10 +119,20 @@ class ChainResult:
 
 def prepare_editors(steps: Sequence[ChainStep], model: Any, requests: Sequence[EditRequest]) -> None:
     """Call each editor's optional ``prepare`` (see :class:`~easyetcon.protocols.PreparedEditor`)."""
-    for step in steps:
+    for index, step in enumerate(steps):
         prepare = getattr(step.editor, "prepare", None)
-        if callable(prepare):
+        if not callable(prepare):
+            continue
+        try:
             prepare(model, list(requests))
+        except (EasyEtconError, ValueError, RuntimeError) as error:
+            request_ids = [r.request_id for r in requests]
+            raise ChainStepError(
+                f"step {index} ({step.name}, editor {step.info.name!r}) failed while preparing on "
+                f"request(s) {', '.join(request_ids[:5])}{' ...' if len(request_ids) > 5 else ''}: "
+                f"{type(error).__name__}: {error}. The model was not changed.",
+                step_index=index, editor=step.info.name, request_ids=request_ids,
+            ) from error
 
 
 StepLike = ChainStep | str | tuple[str, dict[str, Any] | BaseModel] | dict[str, Any]

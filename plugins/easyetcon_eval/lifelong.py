@@ -236,6 +236,7 @@ def run_lifelong(
         baseline = None
 
     done_groups = 0
+    replay_positions: list[int] = []
     chain_description = describe_chain(chain)
     if out is not None:
         journal_dir = out / "journal"
@@ -253,21 +254,7 @@ def run_lifelong(
             done_groups, positions, partial = _complete_groups(journal, group_ids, len(chain.steps))
             if partial:
                 journal.set_status(partial, ROLLED_BACK)
-            # Editors derive their statistics, prefixes and layers from the unedited model, as
-            # the uninterrupted run did, before any step is replayed.
-            if groups:
-                prepare_editors(chain.steps, model, groups[0])
-            by_id = {r.request_id: r for r in requests}
-            for position in positions:
-                record = journal.record(position)
-                record.redo(model)
-                restore = getattr(chain.steps[record.step_index].editor, "restore_state", None)
-                if callable(restore):
-                    restore(model, [by_id[i] for i in record.request_ids], record.editor_state)
-            for step in chain.steps:
-                if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
-                    step.editor.attach(model, model.memory_store(step.name))
-                    model.attached_memories.add(step.name)
+            replay_positions = positions
         else:
             journal = Journal(journal_dir, metadata={"chain": chain_description, "groups": group_ids})
             journal.record_base(model)
@@ -293,6 +280,38 @@ def run_lifelong(
         if out is not None:
             write_json_atomic(out / STATE_FILE, result.to_json())
 
+    def due(before: int, count: int) -> bool:
+        return kind == "every" and count // every > before // every and count < len(requests)
+
+    if done_groups:
+        # Editors derive their statistics, prefixes and layers from the unedited model, as the
+        # uninterrupted run did, before any step is replayed.
+        prepare_editors(chain.steps, model, groups[0])
+        by_id = {r.request_id: r for r in requests}
+        steps, count = len(chain.steps), 0
+        saved_curve, saved_immediate = {p["edits"] for p in result.curve}, {p["edits"] for p in result.immediate}
+        for g in range(done_groups):
+            for position in replay_positions[g * steps : (g + 1) * steps]:
+                record = journal.record(position)
+                record.redo(model)
+                restore = getattr(chain.steps[record.step_index].editor, "restore_state", None)
+                if callable(restore):
+                    restore(model, [by_id[i] for i in record.request_ids], record.editor_state)
+            before, count = count, count + len(groups[g])
+            # A point the interrupted run measured but had not saved yet is measured again here,
+            # on the same weights.
+            if kind == "each" and count not in saved_immediate:
+                summary = evaluate_edits(model, groups[g], baseline=baseline, **eval_options).summary()
+                result.immediate.append({"edits": count, **summary})
+            elif due(before, count) and count not in saved_curve:
+                result.curve.append(retention_point(count))
+        result.curve.sort(key=lambda p: p["edits"])
+        result.immediate.sort(key=lambda p: p["edits"])
+        for step in chain.steps:
+            if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
+                step.editor.attach(model, model.memory_store(step.name))
+                model.attached_memories.add(step.name)
+
     bar = _edit_bar(len(requests), edited, progress, repr(chain))
     try:
         for group in groups[done_groups:]:
@@ -305,7 +324,7 @@ def run_lifelong(
             if kind == "each":
                 summary = evaluate_edits(model, group, baseline=baseline, **eval_options).summary()
                 result.immediate.append({"edits": edited, **summary})
-            elif kind == "every" and edited // every > before // every and edited < len(requests):
+            elif due(before, edited):
                 result.curve.append(retention_point(edited))
                 bar.set_postfix_str(_headline(result.curve[-1]))
             save_state()

@@ -18,9 +18,16 @@ The null space is chosen from the eigenvalues of ``C`` by a rule (``nullspace_ru
 ``covariance_weight`` ``λ > 0`` the solve also adds ``λ C``: what preserved keys have *inside* the
 null space (little energy, but not none) is protected in proportion, as MEMIT protects all of it.
 
+Each update is written as its factors ``R`` and ``(P A⁻¹ P K)ᵀ`` (``A`` the matrix of eq. 9 as
+solved), never as a ``d × d`` matrix.
+
 Editor state: per model and layer a ``d × d`` projector and ``K_p K_pᵀ`` (fp64), so the cost
-of an edit does not grow with the number of earlier edits. Undoing a chain step does not
-remove its keys from ``K_p K_pᵀ``; use a new editor to start over.
+of an edit does not grow with the number of earlier edits. The layers, prefixes, statistics and
+projectors are derived in :meth:`AlphaEdit.prepare` from the unedited model. ``K_p K_pᵀ`` is
+carried from edit to edit: each step's journal holds the keys it added (:meth:`AlphaEdit.journal_state`,
+``n × d`` per layer), and replaying the journal adds them again in the same order
+(:meth:`AlphaEdit.restore_state`), which rebuilds the same fp64 moment bit for bit. Undoing a
+chain step does not remove its keys from ``K_p K_pᵀ``; use a new editor to start over.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+from easyetcon.errors import JournalError
+from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
-from easyetcon_intrinsic.solve import add_to_weight, nullspace_projector, projected_update
+from easyetcon_intrinsic.solve import add_to_weight, nullspace_projector, projected_factors
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -108,6 +116,7 @@ class AlphaEdit:
         self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._projectors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: P}
         self._edited_moments: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: K_p K_pᵀ}
+        self._last_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (request ids, {layer: K})
 
     def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
         if model.torch_model not in self._layers:
@@ -138,12 +147,66 @@ class AlphaEdit:
         """``K_p K_pᵀ`` of the keys this editor has already written at ``layer`` (``None`` before the first edit)."""
         return self._edited_moments.get(model.torch_model, {}).get(layer)
 
+    def prepare(self, model: Any, requests: Sequence[Any]) -> None:
+        """Choose the layers, make the prefixes, read ``C`` and build ``P`` of each layer from
+        ``model`` (memoised per model)."""
+        with weights_hashed_once(model):
+            layers = self.layers(model, requests)
+            self.prefixes(model)
+            self.statistics.get(model, layers)
+            for layer in layers:
+                self.projector(model, layer)
+
+    def journal_state(self, model: Any, requests: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """The keys the last :meth:`edit` of ``requests`` added to ``K_p K_pᵀ``: ``edited_keys.<layer>``, fp32 ``(n, d_in)``."""
+        ids = [r.request_id for r in requests]
+        last = self._last_written.get(model.torch_model)
+        if last is None or last[0] != ids:
+            raise JournalError(
+                f"alphaedit has no edit of request(s) {', '.join(map(str, ids[:5]))} to journal; "
+                f"call journal_state right after edit with the same requests"
+            )
+        return {f"edited_keys.{layer}": keys.detach().cpu() for layer, keys in last[1].items()}
+
+    def restore_state(self, model: Any, requests: Sequence[Any], state: dict[str, torch.Tensor]) -> None:
+        """Add a replayed step's keys to ``K_p K_pᵀ``, as its :meth:`edit` did (call in journal order)."""
+        layers = self.layers(model, requests)
+        expected = {f"edited_keys.{layer}" for layer in layers}
+        if set(state) != expected:
+            raise JournalError(
+                f"alphaedit's journal state for request(s) {', '.join(str(r.request_id) for r in requests[:5])} holds "
+                f"{sorted(state)}, expected {sorted(expected)}: the journal was written with other layers or is damaged"
+            )
+        written: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            keys = state[f"edited_keys.{layer}"]
+            d_in = model.adapter.in_out_features(model.adapter.module(model.torch_model, "mlp_out", layer))[0]
+            if keys.dim() != 2 or tuple(keys.shape) != (len(requests), d_in) or not keys.is_floating_point() or not torch.isfinite(keys).all():
+                raise JournalError(
+                    f"alphaedit's journal state edited_keys.{layer} has shape {tuple(keys.shape)} and dtype {keys.dtype}; "
+                    f"expected finite floats of shape ({len(requests)}, {d_in}): the journal is damaged"
+                )
+            written[layer] = keys
+        self._add_edited_keys(model, [r.request_id for r in requests], written)
+
+    def _add_edited_keys(self, model: Any, request_ids: list[Any], written: dict[int, torch.Tensor]) -> None:
+        """``K_p K_pᵀ += K Kᵀ`` per layer: the one place both :meth:`edit` and :meth:`restore_state`
+        change the moment, so a replay performs the same fp64 operations in the same order."""
+        moments = self._edited_moments.setdefault(model.torch_model, {})
+        for layer, keys in written.items():
+            # on the layer's weight device whichever path the keys came by, so the products agree
+            device = model.adapter.module(model.torch_model, "mlp_out", layer).weight.device
+            keys = keys.to(device=device).double().contiguous()
+            moments[layer] = moments[layer] + keys.T @ keys if layer in moments else keys.T @ keys
+        self._last_written[model.torch_model] = (list(request_ids), written)
+
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
         return [model.adapter.weight_name("mlp_out", layer) for layer in self.layers(model, requests)]
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         for request in requests:
             request.require_subject_in_prompt()
+        self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
         layers = self.layers(model, requests)
         prefixes = self.prefixes(model)
         statistics = self.statistics.get(model, layers)
@@ -164,14 +227,12 @@ class AlphaEdit:
             current = activations_at(model, last_block, prompts, positions, which="output")
             residuals = (targets - current) / (len(layers) - index)
             alpha = self.config.l2 * float(torch.trace(statistics[layer].mom2.double()))
-            update = projected_update(
+            left, right = projected_factors(
                 keys, residuals, self.projector(model, layer), self.edited_moment(model, layer), l2=alpha,
                 covariance=statistics[layer].mom2, covariance_weight=self.config.covariance_weight,
             )
-            add_to_weight(model, layer, update)
+            add_to_weight(model, layer, left, right)
 
         # 3. remember the keys just written, so later edits leave them alone
-        moments = self._edited_moments.setdefault(model.torch_model, {})
-        for layer in layers:
-            keys = fact_keys(model, layer, requests, prefixes, self.config.fact_token).double()
-            moments[layer] = moments[layer] + keys.T @ keys if layer in moments else keys.T @ keys
+        written = {layer: fact_keys(model, layer, requests, prefixes, self.config.fact_token) for layer in layers}
+        self._add_edited_keys(model, [r.request_id for r in requests], written)

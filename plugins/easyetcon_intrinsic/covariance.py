@@ -9,8 +9,11 @@ update along directions the layer rarely sees, AlphaEdit to find the directions 
 * Keys are accumulated in fp32 per batch and summed in fp64, with a progress bar; the forward
   pass stops at the deepest layer needed.
 * Results are cached under ``$EASYETCON_CACHE/stats`` (default ``~/.cache/easyetcon/stats``),
-  keyed by the model's weights hash, the module, the corpus and the sample count. An unreadable
-  or mismatching cache file is reported and recomputed.
+  keyed by the weights hash of the model they were computed from, the module, the corpus and the
+  sample count. Editors compute them in ``prepare``, on the unedited model, so a resumed run
+  (a fresh unedited model, then the journal replayed) finds the same file instead of recomputing
+  the statistics on the edited model. An unreadable or mismatching cache file is reported and
+  recomputed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,6 +313,8 @@ def cache_directory() -> Path:
 
 
 def cache_key(weights_hash: str, module_name: str, corpus: str, samples: int, max_length: int) -> dict[str, Any]:
+    """The identity of one layer's statistics. ``weights_hash`` is the :meth:`EditableModel.state_hash`
+    of the model the keys are read from: in an editor's ``prepare``, the unedited model."""
     return {
         "format": CACHE_FORMAT, "weights": weights_hash, "module": module_name,
         "corpus": corpus, "samples": samples, "max_length": max_length,
@@ -347,11 +353,44 @@ def write_cached(key: dict[str, Any], moment: SecondMoment) -> Path:
     return path
 
 
+#: Per model, ``[open blocks, hash or None]`` of :func:`weights_hashed_once`.
+_SCOPED_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def weights_hashed_once(model: Any) -> Iterator[None]:
+    """Within the block, :func:`weights_hash` hashes ``model`` at most once (blocks may nest).
+
+    For an editor's ``prepare``, which reads the weights but never changes them: hashing reads
+    every parameter (14 GB for a 7B model in bf16), so several statistics lookups must share one
+    hash. Outside a block every lookup hashes afresh, because the weights may have changed.
+    """
+    entry = _SCOPED_HASHES.setdefault(model.torch_model, [0, None])
+    entry[0] += 1
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _SCOPED_HASHES[model.torch_model]
+
+
+def weights_hash(model: Any) -> str:
+    """``model.state_hash()``, computed once per :func:`weights_hashed_once` block."""
+    entry = _SCOPED_HASHES.get(model.torch_model)
+    if entry is None:
+        return model.state_hash()
+    if entry[1] is None:
+        entry[1] = model.state_hash()
+    return entry[1]
+
+
 class LayerStatistics:
     """Key statistics an editor needs, computed once per model and layer.
 
-    The statistics describe the model as it was when they were first needed: later edits by
-    the same editor do not trigger a recomputation (as in the ROME/MEMIT papers).
+    The statistics describe the model as it was when they were first needed, which is the
+    unedited model when the editor's ``prepare`` asks for them: later edits by the same editor
+    do not trigger a recomputation (as in the ROME/MEMIT papers).
     """
 
     def __init__(self, config: StatisticsConfig) -> None:
@@ -391,7 +430,7 @@ class LayerStatistics:
         if use_cache:
             if corpus is None:
                 corpus = self._corpus_identity(model)
-            weights = model.state_hash()
+            weights = weights_hash(model)
             for layer in layers:
                 keys[layer] = cache_key(
                     weights, model.adapter.module_name("mlp_out", layer), corpus, config.samples, config.max_length

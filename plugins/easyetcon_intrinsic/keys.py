@@ -199,6 +199,8 @@ def make_prefixes(model: Any, count: int, length: int, source: str = "generated"
 
     ``"generated"``: the model continues seed words greedily for ``length`` tokens (deterministic,
     in the model's own distribution, as in ROME); ``"fixed"``: built-in neutral sentences.
+    Editors call it once, in ``prepare``, on the unedited model: an edited model continues the
+    seeds differently, and a resumed run could not reproduce those prefixes.
     """
     if count == 0:
         return ["{}"]

@@ -120,7 +120,8 @@ def resolve_layers(
 ) -> list[int]:
     """Turn a config value into layer indices: explicit indices (negative count from the end),
     ``"auto"`` (:func:`default_layers`) or ``"trace"`` (:func:`trace_mlp_effects` at the fact token
-    on up to 4 requests)."""
+    on up to 4 requests). Editors resolve it once, in ``prepare``, so tracing sees the unedited
+    model and the run's first requests, also when the run is resumed."""
     num_layers = model.adapter.num_layers(model.torch_model)
     if choice == "auto":
         return default_layers(num_layers, count)

@@ -13,7 +13,11 @@ For a batch of requests and layers ``l_1 < … < l_m`` (the last one ``L``):
        Δ = R Kᵀ (λ C + K Kᵀ)⁻¹
 
    which gives the new keys their residual while keeping typical keys' values (``λ`` is
-   ``covariance_weight``). Later layers see the earlier layers' updates.
+   ``covariance_weight``). Later layers see the earlier layers' updates. Each update is written
+   as its factors ``R`` and ``((λ C + K Kᵀ)⁻¹ K)ᵀ``: rank ``n``, never a ``d × d`` matrix.
+
+The layers, the prefixes and ``C`` are derived from the model once, in :meth:`Memit.prepare`,
+which the chain calls on the unedited model (and a resumed run on the freshly loaded one).
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
-from easyetcon_intrinsic.solve import add_to_weight, least_squares_update
+from easyetcon_intrinsic.solve import add_to_weight, least_squares_factors
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -102,12 +106,20 @@ class Memit:
             self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
         return self._prefixes[model.torch_model]
 
+    def prepare(self, model: Any, requests: Sequence[Any]) -> None:
+        """Choose the layers, make the prefixes and read ``C`` of each layer from ``model`` (memoised per model)."""
+        with weights_hashed_once(model):
+            layers = self.layers(model, requests)
+            self.prefixes(model)
+            self.statistics.get(model, layers)
+
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
         return [model.adapter.weight_name("mlp_out", layer) for layer in self.layers(model, requests)]
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         for request in requests:
             request.require_subject_in_prompt()
+        self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
         layers = self.layers(model, requests)
         prefixes = self.prefixes(model)
         statistics = self.statistics.get(model, layers)
@@ -127,5 +139,5 @@ class Memit:
             keys = fact_keys(model, layer, requests, prefixes, self.config.fact_token)
             current = activations_at(model, last_block, prompts, positions, which="output")
             residuals = (targets - current) / (len(layers) - index)
-            update = least_squares_update(keys, residuals, statistics[layer].mom2, self.config.covariance_weight)
-            add_to_weight(model, layer, update)
+            left, right = least_squares_factors(keys, residuals, statistics[layer].mom2, self.config.covariance_weight)
+            add_to_weight(model, layer, left, right)

@@ -18,7 +18,11 @@ state a new object, ROME
 The same averaged key ``k*`` is used on both sides of the update, in ``v* − W k*`` and in
 ``C⁻¹ k*`` (r-ROME, Gupta et al. 2024): the original code mixed an un-prefixed key into the
 residual, which makes the update's norm explode under sequential editing. Several requests are
-edited one after the other.
+edited one after the other, each written as its two factors (``r`` and ``(C⁻¹k*)ᵀ / k*ᵀC⁻¹k*``).
+
+The layer, the prefixes and ``C`` are derived from the model once, in :meth:`Rome.prepare`, which
+the chain calls on the unedited model (and a resumed run on the freshly loaded one), so replaying
+a journal leaves the editor exactly as the original run had it.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import fact_keys, make_prefixes
 from easyetcon_intrinsic.layers import resolve_layers
-from easyetcon_intrinsic.solve import add_to_weight, rank_one_update
+from easyetcon_intrinsic.solve import add_to_weight, rank_one_factors
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -104,12 +108,21 @@ class Rome:
             self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
         return self._prefixes[model.torch_model]
 
+    def prepare(self, model: Any, requests: Sequence[Any]) -> None:
+        """Choose the layer, make the prefixes and read ``C`` from ``model`` (memoised per model)."""
+        with weights_hashed_once(model):
+            layer = self.layer(model, requests)
+            self.prefixes(model)
+            if self.config.use_covariance:
+                self.statistics.get(model, [layer])
+
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
         return [model.adapter.weight_name("mlp_out", self.layer(model, requests))]
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         for request in requests:
             request.require_subject_in_prompt()
+        self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
         layer = self.layer(model, requests)
         prefixes = self.prefixes(model)
         covariance = self.statistics.get(model, [layer])[layer].mom2 if self.config.use_covariance else None
@@ -119,5 +132,5 @@ class Rome:
             key = fact_keys(model, layer, [request], prefixes, self.config.fact_token)[0]  # k*, averaged over prefixes
             value = optimise_value(model, module, request, prefixes, settings)
             # v* = W k* + δ, so the residual v* − W k* is δ: k* on both sides of the update.
-            update = rank_one_update(key, value.delta, covariance, ridge=self.config.ridge)
-            add_to_weight(model, layer, update)
+            left, right = rank_one_factors(key, value.delta, covariance, ridge=self.config.ridge)
+            add_to_weight(model, layer, left, right)

@@ -2,7 +2,13 @@
 
 Weights are handled as ``W`` of shape ``(out, in)`` (the adapter's view, so GPT-2's transposed
 Conv1D needs no special case): a key ``k`` (``in``) is mapped to a value ``W k`` (``out``).
-Each function returns the update ``Δ`` in fp64; :func:`add_to_weight` casts it back.
+
+Each update has two forms. ``*_update`` returns the dense ``Δ`` (fp64, ``out × in``): the paper's
+equation as written, kept as the reference the tests check against. ``*_factors`` returns the
+same ``Δ`` as ``left @ right`` with ``left`` ``(out, n)`` and ``right`` ``(n, in)``: what the
+editors write with :func:`add_to_weight`, so neither the solve nor the journal handles a
+``d × d`` matrix for an update of rank ``n`` (for MEMIT the dense form solves against ``out``
+right-hand sides, the factored one against ``n``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,16 @@ def rank_one_update(
     return torch.outer(r, u) / torch.dot(u, k)
 
 
+def rank_one_factors(
+    key: torch.Tensor, residual: torch.Tensor, covariance: torch.Tensor | None = None, *, ridge: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rank_one_update` as ``(left, right)``: ``left = r`` ``(out, 1)``, ``right = (C⁻¹k / kᵀC⁻¹k)ᵀ`` ``(1, in)``."""
+    k = key.double()
+    r = residual.double().to(k.device)
+    u = k if covariance is None else torch.linalg.solve(regularised(covariance.to(k.device), ridge), k)
+    return r[:, None], (u / torch.dot(u, k))[None, :]
+
+
 def least_squares_update(
     keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, covariance_weight: float
 ) -> torch.Tensor:
@@ -51,6 +67,17 @@ def least_squares_update(
     R = residuals.double().T.to(K.device)
     A = covariance_weight * covariance.double().to(K.device) + K @ K.T
     return torch.linalg.solve(A, K @ R.T).T
+
+
+def least_squares_factors(
+    keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, covariance_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`least_squares_update` as ``(left, right)``: ``left = R`` ``(out, n)``,
+    ``right = ((λ C + K Kᵀ)⁻¹ K)ᵀ`` ``(n, in)``, since ``Δ = (A⁻¹ K Rᵀ)ᵀ = R (A⁻¹ K)ᵀ``."""
+    K = keys.double().T
+    R = residuals.double().T.to(K.device)
+    A = covariance_weight * covariance.double().to(K.device) + K @ K.T
+    return R.contiguous(), torch.linalg.solve(A, K).T.contiguous()
 
 
 def nullspace_projector(
@@ -117,13 +144,47 @@ def projected_update(
     return (P @ X).T
 
 
-def add_to_weight(model: Any, layer: int, delta: torch.Tensor) -> None:
-    """``W ← W + Δ`` on the layer's ``mlp_out`` weight, computed in fp64 and cast back to its dtype."""
+def projected_factors(
+    keys: torch.Tensor,
+    residuals: torch.Tensor,
+    projector: torch.Tensor,
+    edited_moment: torch.Tensor | None = None,
+    *,
+    l2: float = 10.0,
+    covariance: torch.Tensor | None = None,
+    covariance_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`projected_update` as ``(left, right)``: ``left = R`` ``(out, n)``,
+    ``right = (P A⁻¹ P K)ᵀ`` ``(n, in)``, since ``Δ = (P A⁻¹ P K Rᵀ)ᵀ`` (same ``A``, same arguments)."""
+    K = keys.double().T
+    R = residuals.double().T.to(K.device)
+    P = projector.double().to(K.device)
+    moment = K @ K.T
+    if edited_moment is not None:
+        moment = moment + edited_moment.double().to(K.device)
+    if covariance is not None and covariance_weight > 0:
+        moment = moment + covariance_weight * covariance.double().to(K.device)
+    A = P @ moment + l2 * torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
+    return R.contiguous(), (P @ torch.linalg.solve(A, P @ K)).T.contiguous()
+
+
+def add_to_weight(model: Any, layer: int, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``W ← W + left @ right`` on the layer's ``mlp_out`` weight, in fp64 and cast back to its dtype.
+
+    ``left`` ``(out, r)`` and ``right`` ``(r, in)`` factor the update in the adapter's ``(out, in)``
+    view. It is written with :meth:`EditableModel.add_low_rank`, so the chain can journal the two
+    factors instead of the weight; for GPT-2's Conv1D, which stores ``Wᵀ``, that is ``rightᵀ @ leftᵀ``.
+    """
     module = model.adapter.module(model.torch_model, "mlp_out", layer)
-    weight = model.adapter.out_in_weight(module)  # (out, in) view, also for GPT-2's Conv1D
-    if tuple(delta.shape) != tuple(weight.shape):
-        raise ValueError(f"update of shape {tuple(delta.shape)} does not fit weight of shape {tuple(weight.shape)}")
-    if not torch.isfinite(delta).all():
+    in_features, out_features = model.adapter.in_out_features(module)
+    if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[0] or (left.shape[0], right.shape[1]) != (out_features, in_features):
+        raise ValueError(
+            f"update {tuple(left.shape)} @ {tuple(right.shape)} does not fit the (out, in) = "
+            f"({out_features}, {in_features}) weight of layer {layer}"
+        )
+    if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
         raise FloatingPointError(f"the update of layer {layer} is not finite; lower the learning rate or add a ridge")
-    with torch.no_grad():
-        weight.copy_((weight.double() + delta.to(weight.device)).to(weight.dtype))
+    if model.adapter.is_transposed(module):
+        left, right = right.T, left.T
+    # contiguous factors: the journal stores them so, and replay must multiply the same layout
+    model.add_low_rank(model.adapter.weight_name("mlp_out", layer), left.contiguous(), right.contiguous())

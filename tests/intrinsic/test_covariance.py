@@ -99,9 +99,10 @@ def test_cache_key_changes_with_weights_samples_and_layer():
     more = LayerStatistics(config.model_copy(update={"samples": 9}))
     more.get(model, [1])
     assert more.last_sources == {1: "computed"}
-    delta = torch.zeros(model.adapter.out_in_weight(model.adapter.module(model.torch_model, "mlp_out", 0)).shape, dtype=torch.float64)
-    delta[0, 0] = 1e-3
-    add_to_weight(model, 0, delta)
+    out_features, in_features = model.adapter.out_in_weight(model.adapter.module(model.torch_model, "mlp_out", 0)).shape
+    left, right = torch.zeros(out_features, 1, dtype=torch.float64), torch.zeros(1, in_features, dtype=torch.float64)
+    left[0, 0], right[0, 0] = 1e-3, 1.0  # one weight moves by 1e-3
+    add_to_weight(model, 0, left, right)
     edited = LayerStatistics(config)
     edited.get(model, [1])
     assert edited.last_sources == {1: "computed"}
