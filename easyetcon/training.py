@@ -13,10 +13,16 @@ from torch import nn
 from easyetcon.text import IGNORE_INDEX
 
 
+#: Dtypes whose weights train through fp32 master copies (Adam's eps and small updates vanish in them).
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
 @contextmanager
 def trainable_only(model: nn.Module, names: Sequence[str]) -> Iterator[list[nn.Parameter]]:
     """Within the block only the named parameters require grad; the model is in train mode
-    with dropout disabled (editing wants deterministic gradients). Everything is restored
+    with dropout disabled (editing wants deterministic gradients). Yields the tensors to
+    optimise, in the order of ``names``: the parameters themselves, or for float16/bfloat16
+    parameters their fp32 masters (see :func:`fp32_master_weights`). Everything is restored
     afterwards, also on error."""
     wanted = set(names)
     params = dict(model.named_parameters())
@@ -29,11 +35,79 @@ def trainable_only(model: nn.Module, names: Sequence[str]) -> Iterator[list[nn.P
         for name, p in params.items():
             p.requires_grad_(name in wanted)
         model.eval()  # no dropout; gradients still flow
-        yield [params[name] for name in names]
+        with fp32_master_weights(model, names) as tensors:
+            yield tensors
     finally:
         for name, p in params.items():
             p.requires_grad_(flags[name])
         model.train(was_training)
+
+
+@contextmanager
+def fp32_master_weights(model: nn.Module, names: Sequence[str]) -> Iterator[list[nn.Parameter]]:
+    """Train half-precision weights through fp32 master copies (mixed-precision training).
+
+    For each named float16/bfloat16 parameter an fp32 copy takes its place in the module for
+    the block: ``named_parameters()`` and ``module.weight`` outside a forward pass give the
+    master (so optimisers, also TRL's, step it and gradient hooks see it), while inside the
+    module's forward ``module.weight`` is the master cast to the model's dtype, with gradient
+    flowing back to the master. On exit the original parameter object is written with the
+    master cast to its dtype and put back. Costs one fp32 copy of the named weights.
+
+    Yields the tensors to optimise in the order of ``names``: masters for half-precision
+    parameters, the parameters themselves otherwise (fp32 training is untouched).
+    """
+    params = dict(model.named_parameters())
+    missing = set(names) - params.keys()
+    if missing:
+        raise KeyError(f"no parameter(s) {sorted(missing)} in {type(model).__name__}")
+    masters: dict[int, nn.Parameter] = {}
+    installed: list[tuple[nn.Parameter, nn.Parameter, list[tuple[nn.Module, str]]]] = []
+    handles = []
+    try:
+        tensors = []
+        for name in names:
+            parameter = params[name]
+            if parameter.dtype not in HALF_PRECISION:
+                tensors.append(parameter)
+                continue
+            if id(parameter) not in masters:
+                master = nn.Parameter(parameter.detach().float(), requires_grad=parameter.requires_grad)
+                masters[id(parameter)] = master
+                # every module holding the parameter (tied weights) must read the same master
+                sites = [(m, attr) for m in model.modules() for attr, p in m._parameters.items() if p is parameter]
+                installed.append((parameter, master, sites))
+                for module, attr in sites:
+                    module._parameters[attr] = master
+                    handles.append(module.register_forward_pre_hook(_cast_in(attr, master, parameter.dtype)))
+                    handles.append(module.register_forward_hook(_cast_out(attr), always_call=True))
+            tensors.append(masters[id(parameter)])
+        yield tensors
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for parameter, master, sites in installed:
+                parameter.copy_(master)  # round to nearest: the stored weight is the master cast
+                for module, attr in sites:
+                    module.__dict__.pop(attr, None)
+                    module._parameters[attr] = parameter
+
+
+def _cast_in(attr: str, master: nn.Parameter, dtype: torch.dtype) -> Any:
+    def hook(module: nn.Module, args: Any) -> None:
+        # an instance attribute shadows ``_parameters`` for this call: the forward computes in the
+        # model's dtype with exactly the weight that will be stored, and backward reaches the master
+        module.__dict__[attr] = master.to(dtype)
+
+    return hook
+
+
+def _cast_out(attr: str) -> Any:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        module.__dict__.pop(attr, None)
+
+    return hook
 
 
 def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor, token_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,7 +129,9 @@ def masked_token_nll(logits: torch.Tensor, labels: torch.Tensor, token_weights: 
 
 
 def clamp_to_box(parameters: Sequence[nn.Parameter], originals: Sequence[torch.Tensor], bound: float) -> None:
-    """Project each parameter back into an L-infinity box of radius ``bound`` around its original."""
+    """Project each parameter back into an L-infinity box of radius ``bound`` around its original.
+    Give it the tensors :func:`trainable_only` yields (fp32 masters of half-precision weights),
+    so the box holds on what the optimiser steps; casting back can add half a unit in the last place."""
     with torch.no_grad():
         for parameter, original in zip(parameters, originals):
             parameter.copy_(original + (parameter - original).clamp(-bound, bound))

@@ -88,6 +88,8 @@ def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerSta
     """While active, the gradient of each selected ``mlp_out`` weight carries the penalty of
     :class:`OutputPreservation` (``2λ ΔW C / c̄``), measured from the weights at entry. A gradient
     hook rather than a loss term, so it also holds inside trainers we do not write (TRL's GRPO).
+    Enter it inside :func:`easyetcon.training.trainable_only`: in a float16/bfloat16 model the
+    module's weight is then the fp32 master the optimiser steps, and the hook sits on that.
     No-op when ``selection.preserve`` is null."""
     if selection.preserve is None or statistics is None:
         yield

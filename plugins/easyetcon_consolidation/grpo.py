@@ -5,6 +5,8 @@ rewards (correctness, format, cleanliness, consistency), and push the selected F
 towards the answers that beat their group's mean, with a KL penalty to the model as it was
 when this step began (i.e. after the edit stage). The KL covers only the edit's own prompts;
 ``weights.preserve`` also holds the output projections on ordinary text (see :mod:`.common`).
+In a float16/bfloat16 model the selected weights train through fp32 masters
+(:func:`easyetcon.training.trainable_only`), which TRL's optimiser steps like any parameter.
 Runs on CPU (``use_cpu``) and unchanged on GPUs under ``accelerate launch``.
 """
 
@@ -124,16 +126,12 @@ class GRPOConsolidation:
         names = ffn_weight_names(model, config.weights)
         saved_name = net.config._name_or_path
         saved_generation = net.generation_config.to_dict() if net.generation_config is not None else None
-        with (
-            tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch,
-            trainable_only(net, names),
-            preserving_outputs(model, config.weights, self.statistics),
-        ):
-            # TRL builds the KL reference by loading the policy's checkpoint: give it this step's start.
+        with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch:
+            # TRL builds the KL reference by loading the policy's checkpoint: give it this step's
+            # start, saved before fp32 masters of half-precision weights take their place.
             reference = Path(scratch) / "reference"
             net.save_pretrained(reference)
             tokenizer.save_pretrained(reference)
-            net.config._name_or_path = str(reference)
             arguments = GRPOConfig(
                 output_dir=str(Path(scratch) / "trainer"),
                 use_cpu=model.device.type == "cpu",
@@ -153,7 +151,11 @@ class GRPOConsolidation:
                 disable_tqdm=not config.progress,
                 optim="adamw_torch",
                 weight_decay=0.0,
+                # the Trainer reseeds every RNG from this on creation: each application samples alike,
+                # whatever ran before it (a resumed run reproduces it)
                 seed=config.seed,
+                # TRL's AMP flags keep the optimiser on the model's dtype; half-precision weights
+                # train instead through the fp32 masters that trainable_only puts in their place
                 bf16=False,
                 fp16=False,
             )
@@ -161,15 +163,17 @@ class GRPOConsolidation:
             level = transformers_logger.level
             transformers_logger.setLevel(logging.ERROR)
             try:
-                trainer = GRPOTrainer(
-                    model=net,
-                    reward_funcs=[reward],
-                    args=arguments,
-                    train_dataset=Dataset.from_list(rows),
-                    processing_class=tokenizer,
-                )
-                trainer.remove_callback(PrinterCallback)
-                trainer.train()
+                net.config._name_or_path = str(reference)
+                with trainable_only(net, names), preserving_outputs(model, config.weights, self.statistics):
+                    trainer = GRPOTrainer(
+                        model=net,
+                        reward_funcs=[reward],
+                        args=arguments,
+                        train_dataset=Dataset.from_list(rows),
+                        processing_class=tokenizer,
+                    )
+                    trainer.remove_callback(PrinterCallback)
+                    trainer.train()
             finally:
                 transformers_logger.setLevel(level)
                 net.config._name_or_path = saved_name

@@ -89,6 +89,7 @@ class TPSFT:
             return logprobs, logits
 
         selection = self.config.weights
+        # params are fp32 masters in a float16/bfloat16 model; the preservation hook sits on them
         with trainable_only(net, ffn_weight_names(model, selection)) as params, preserving_outputs(
             model, selection, self.statistics
         ):

@@ -71,7 +71,9 @@ def _parameter_names(model: Any, config: FineTuneConfig, requests: Sequence[Any]
 
 
 def _fine_tune(model: Any, names: list[str], config: FineTuneConfig, loss_fn: Callable[[], torch.Tensor]) -> None:
-    """Adam on the named weights, projected into the L∞ box after every step."""
+    """Adam on the named weights, projected into the L∞ box after every step. In a float16/bfloat16
+    model ``weights`` are fp32 masters (Adam's eps and small steps vanish in half precision), so
+    the box is measured on them too and the model ends with the masters cast to its dtype."""
     with trainable_only(model.torch_model, names) as weights:
         originals = [weight.detach().clone() for weight in weights]
         optimizer = torch.optim.Adam(weights, lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -21,6 +21,9 @@ base weights with PEFT's combination types.
    ``merge_every`` adapters the window closes: its merge becomes the base of the next window.
    With ``merge_every: 1`` every adapter is merged on its own as soon as it is trained.
 
+In a float16/bfloat16 model the LoRA factors are fp32 (trained and merged in fp32); the merged
+change is added to the window's base weights in fp32 and cast to the model's dtype once.
+
 Each step's change is a plain weight change of the declared base weights (the LoRA target
 modules' ``weight``), so the chain's record undoes it bit-exactly, whatever the strategy. The
 window lives in the editor: before each edit the editor fingerprints the target weights; if an
@@ -168,9 +171,11 @@ def peft_wrapped(torch_model: torch.nn.Module, configs: dict[str, Any], *, seed:
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         torch.manual_seed(seed)
-        peft_model = get_peft_model(torch_model, configs[names[0]], adapter_name=names[0])
+        # fp32 factors on a float16/bfloat16 model (PEFT's default, relied on here): Adam steps
+        # them in fp32 and the merged change is added to the base weights in fp32, then cast once
+        peft_model = get_peft_model(torch_model, configs[names[0]], adapter_name=names[0], autocast_adapter_dtype=True)
         for name in names[1:]:
-            peft_model.add_adapter(name, configs[name])
+            peft_model.add_adapter(name, configs[name], autocast_adapter_dtype=True)
     try:
         yield peft_model
     finally:
