@@ -65,7 +65,8 @@ class StepContext:
 
 
 class NonFiniteEditError(EasyEtconError):
-    """A step left NaN or infinite values in a weight or memory entry (the step is undone)."""
+    """A step left NaN or infinite values in a weight or memory entry, or changed a weight by
+    more than :data:`MAX_RELATIVE_CHANGE` times its size (the step is undone)."""
 
 
 class UndeclaredWriteError(EasyEtconError):
@@ -373,6 +374,19 @@ def _check_finite(model: Any, after: dict[str, torch.Tensor], before: dict[str, 
                 else "the update diverged: lower the learning rate (or add a ridge / fewer steps)"
             )
             raise NonFiniteEditError(f"parameter {name!r} has {count} non-finite value(s) after the edit; {cause}")
+        old = before[name].to(torch.float64)
+        scale = float(old.norm())
+        change = float((value.to(torch.float64) - old).norm())
+        if scale > 0 and change > MAX_RELATIVE_CHANGE * scale:
+            raise NonFiniteEditError(
+                f"parameter {name!r} changed by {change / scale:.3g} times its own size in one step "
+                f"(more than {MAX_RELATIVE_CHANGE:g}); the update diverged: lower the learning rate"
+            )
+
+
+#: A step that changes a weight by more than this many times its norm is taken as diverged: even
+#: on tiny random models, whose weights are near zero, editors stay orders of magnitude below it.
+MAX_RELATIVE_CHANGE = 1e6
 
 
 class _NoProgress:

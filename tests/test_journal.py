@@ -281,3 +281,10 @@ def test_repeated_request_ids_are_refused_with_their_positions(model):
     requests[2] = requests[2].model_copy(update={"case_id": "tiny-0"})
     with pytest.raises(RequestError, match="'tiny-0' at records 0, 2"):
         EditChain(["toy-shift"]).apply(model, requests)
+
+
+def test_a_step_that_blows_a_weight_up_fails_and_is_restored(model):
+    original = model.state_hash()
+    with pytest.raises(ChainStepError, match="times its own size.*lower the learning rate"):
+        EditChain([("toy-shift", {"amount": 1e9})]).apply(model, tiny_requests()[:1])
+    assert model.state_hash() == original

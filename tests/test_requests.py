@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from easyetcon.errors import RequestError
-from easyetcon.requests import EditRequest, Probe, load_requests, parse_requests, save_requests
+from easyetcon.requests import EditRequest, Probe, load_requests, parse_requests, save_requests, visible_text
 
 GOOD = {"prompt": "The Eiffel Tower is in", "subject": "The Eiffel Tower", "target_new": "Rome"}
 
@@ -73,7 +73,7 @@ def test_missing_file(tmp_path):
         load_requests(tmp_path / "nope.json")
 
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(lambda s: s.strip())
+text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(visible_text)
 
 
 @settings(max_examples=40, deadline=None)
@@ -86,3 +86,9 @@ def test_save_then_load_round_trips(tmp_path_factory, prompt, subject, target, r
     path = tmp_path_factory.mktemp("rt") / "requests.json"
     save_requests([request], path)
     assert load_requests(path) == [request]
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", " \u200b\u2060 ", "\ufeff", "\u00ad\t"])
+def test_targets_made_only_of_invisible_characters_are_rejected(invisible):
+    with pytest.raises(RequestError, match="target_new.*blank"):
+        parse_requests([{"prompt": "The Eiffel Tower is in", "subject": "Eiffel Tower", "target_new": invisible}])

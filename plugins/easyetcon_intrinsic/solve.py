@@ -3,12 +3,10 @@
 Weights are handled as ``W`` of shape ``(out, in)`` (the adapter's view, so GPT-2's transposed
 Conv1D needs no special case): a key ``k`` (``in``) is mapped to a value ``W k`` (``out``).
 
-Each update has two forms. ``*_update`` returns the dense ``Δ`` (fp64, ``out × in``): the paper's
-equation as written, kept as the reference the tests check against. ``*_factors`` returns the
-same ``Δ`` as ``left @ right`` with ``left`` ``(out, n)`` and ``right`` ``(n, in)``: what the
+Each update has two forms. ``*_factors`` returns ``Δ`` as ``left @ right`` with ``left`` ``(out, n)`` and ``right`` ``(n, in)``: what the
 editors write with :func:`add_to_weight`, so neither the solve nor the journal handles a
-``d × d`` matrix for an update of rank ``n`` (for MEMIT the dense form solves against ``out``
-right-hand sides, the factored one against ``n``).
+``d × d`` matrix for an update of rank ``n``. ``*_update`` multiplies the factors out into the
+dense ``Δ`` (fp64, ``out × in``), the paper's equation, which the tests check.
 """
 
 from __future__ import annotations
@@ -38,10 +36,8 @@ def rank_one_update(
     ``(W + Δ) k = W k + r`` exactly, and ``Δ`` has rank one. Without ``covariance`` the update
     is the minimum-norm one, ``r kᵀ / (kᵀ k)``.
     """
-    k = key.double()
-    r = residual.double().to(k.device)
-    u = k if covariance is None else torch.linalg.solve(regularised(covariance.to(k.device), ridge), k)
-    return torch.outer(r, u) / torch.dot(u, k)
+    left, right = rank_one_factors(key, residual, covariance, ridge=ridge)
+    return left @ right
 
 
 def rank_one_factors(
@@ -63,10 +59,8 @@ def least_squares_update(
     ``‖(W + Δ) K − (W K + R)‖² + λ n_C · E‖Δ k‖²`` over keys ``k`` with second moment ``C``:
     the new keys get their residuals while typical keys keep their values.
     """
-    K = keys.double().T
-    R = residuals.double().T.to(K.device)
-    A = covariance_weight * covariance.double().to(K.device) + K @ K.T
-    return torch.linalg.solve(A, K @ R.T).T
+    left, right = least_squares_factors(keys, residuals, covariance, covariance_weight)
+    return left @ right
 
 
 def least_squares_factors(
@@ -131,17 +125,10 @@ def projected_update(
     components *inside* the null space are then protected too, in proportion to their energy
     (MEMIT's penalty, restricted to the null space; ``λ = 0`` is the paper).
     """
-    K = keys.double().T
-    R = residuals.double().T.to(K.device)
-    P = projector.double().to(K.device)
-    moment = K @ K.T
-    if edited_moment is not None:
-        moment = moment + edited_moment.double().to(K.device)
-    if covariance is not None and covariance_weight > 0:
-        moment = moment + covariance_weight * covariance.double().to(K.device)
-    A = P @ moment + l2 * torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
-    X = torch.linalg.solve(A, P @ K @ R.T)
-    return (P @ X).T
+    left, right = projected_factors(
+        keys, residuals, projector, edited_moment, l2=l2, covariance=covariance, covariance_weight=covariance_weight
+    )
+    return left @ right
 
 
 def projected_factors(
