@@ -123,12 +123,9 @@ def read_json_lines(path: Path, *, what: str) -> tuple[list[dict[str, Any]], int
         raw = path.read_bytes()
     except OSError as error:
         raise JournalError(f"{what} {str(path)!r} cannot be read: {error.strerror or error}") from error
+    *complete, torn = raw.split(b"\n")  # ``torn`` is empty unless the last write was cut off
     lines: list[dict[str, Any]] = []
-    intact = 0
-    for number, chunk in enumerate(raw.split(b"\n")[:-1] if raw.endswith(b"\n") else raw.split(b"\n"), start=1):
-        end = intact + len(chunk) + 1
-        if end > len(raw):  # no newline: a torn last write
-            break
+    for number, chunk in enumerate(complete, start=1):
         try:
             line = json.loads(chunk.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -139,7 +136,7 @@ def read_json_lines(path: Path, *, what: str) -> tuple[list[dict[str, Any]], int
                 f"(the file was edited or corrupted); nothing was changed"
             )
         lines.append(line)
-        intact = end
+    intact = len(raw) - len(torn)
     return lines, intact
 
 
@@ -460,10 +457,12 @@ class Journal:
         for name, change in changes.items():
             if change.factors is None:
                 continue
-            chain = self._applied_chain(name, len(self._steps))
-            factored = 0
-            for position in reversed(chain):
-                if self._steps[position]["weights"][name]["form"] != "factors":
+            factored = 0  # applied factored changes since the last whole value, newest first
+            for position in reversed(self._touched.get(name, [])):
+                step = self._steps[position]
+                if step["status"] != APPLIED:
+                    continue
+                if step["weights"][name]["form"] != "factors" or factored + 1 >= self.checkpoint_every:
                     break
                 factored += 1
             if factored + 1 >= self.checkpoint_every:

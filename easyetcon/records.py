@@ -82,6 +82,13 @@ def add_low_rank_to(weight: torch.Tensor, left: torch.Tensor, right: torch.Tenso
 Factors = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def apply_factors(weight: torch.Tensor, factors: Factors) -> torch.Tensor:
+    """``weight`` after each low-rank update of ``factors`` in turn (:func:`add_low_rank_to`)."""
+    for left, right in factors:
+        weight = add_low_rank_to(weight, left, right)
+    return weight
+
+
 @dataclass
 class TensorChange:
     """How one parameter changed in one step.
@@ -101,12 +108,7 @@ class TensorChange:
 
     def rebuild(self, before: torch.Tensor) -> torch.Tensor:
         """The new value, from the old one (a CPU tensor)."""
-        if self.full is not None:
-            return self.full
-        value = before
-        for left, right in self.factors or []:
-            value = add_low_rank_to(value, left, right)
-        return value
+        return self.full if self.full is not None else apply_factors(before, self.factors or [])
 
     def stored_bytes(self) -> int:
         tensors = [self.full] if self.full is not None else [t for pair in self.factors or [] for t in pair]
@@ -139,7 +141,7 @@ class WeightDelta:
             change = TensorChange(tensor_digest(old), tensor_digest(new))
             candidate = (factors or {}).get(name)
             device = (devices or {}).get(name, old.device)
-            if candidate and same_bits(TensorChange("", "", factors=candidate).rebuild(old.to(device)), new):
+            if candidate and same_bits(apply_factors(old.to(device), candidate), new):
                 change.factors = [(l.detach().to("cpu"), r.detach().to("cpu")) for l, r in candidate]
             else:
                 change.full = new

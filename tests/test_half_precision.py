@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from easyetcon.chain import EditChain
-from easyetcon.hookspecs import hookimpl
 from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.training import fp32_master_weights, trainable_only
+from tests.consolidation.helpers import LetterReward
 from tests.intrinsic.helpers import subject_final_requests
 
 HALF = [torch.float16, torch.bfloat16]
@@ -27,16 +27,9 @@ GRPO_FAST = {"steps": 2, "group_size": 2, "prompts_per_step": 1, "max_completion
              "rewards": {"letter-e": 1.0}, "format_gate": None, "weights": {"layers": [2]}}
 
 
-class LetterRewards:
-    @hookimpl
-    def easyetcon_register_rewards(self, register):
-        register("letter-e", lambda completions, requests: [c.count("e") / (1 + len(c)) for c in completions],
-                 summary="Share of the letter e.")
-
-
 @pytest.fixture
 def host(easyetcon_host):
-    easyetcon_host.register(LetterRewards(), name="letter-rewards")
+    easyetcon_host.register(LetterReward(), name="letter-rewards")
     return easyetcon_host
 
 

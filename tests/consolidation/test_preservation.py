@@ -11,20 +11,13 @@ from easyetcon_consolidation.common import (
 
 from easyetcon.chain import EditChain
 from easyetcon.errors import ConfigError
-from easyetcon.hookspecs import hookimpl
 from easyetcon.testing import tiny_model, tiny_requests
 
+from tests.consolidation.helpers import LetterReward
+
 TEXTS = [f"Text number {i} about the tiny world and its people." for i in range(24)]
+
 STATISTICS = {"source": "model-samples", "samples": 24, "cache": False, "progress": False}
-
-
-class LetterReward:
-    """A reward with spread across a group (a random model never earns the edit rewards)."""
-
-    @hookimpl
-    def easyetcon_register_rewards(self, register):
-        register("letter-e", lambda completions, requests: [c.count("e") / (1 + len(c)) for c in completions],
-                 summary="Share of the letter e.")
 
 
 @pytest.fixture
