@@ -14,6 +14,8 @@ Three parts (``--parts``):
   bytes and journal seconds per step for a rank-one update written through
   ``EditableModel.add_low_rank`` (what ROME, MEMIT and AlphaEdit write, rank = requests per
   step) and for a dense update of the same projection (what FT-M and TPSFT write).
+* ``llama8b-editors``: the same model edited by ROME, MEMIT, FT-M and TPSFT themselves
+  (``--llama-editor-steps`` edits each, few optimisation steps: the journal's bytes, not quality).
 
     python benchmarks/journal_cost.py --threads 1 --out benchmarks/results/journal_cost.json
 """
@@ -174,19 +176,32 @@ class SyntheticPlugin:
                  summary="A fixed-shape update, to measure the journal.")
 
 
-def llama8b_part(args: Any) -> dict[str, Any]:
+def llama8b_model(registry: Any) -> EditableModel:
+    """A random 2-layer Llama at Llama-3-8B widths in bfloat16, with the tiny test tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from easyetcon.requests import EditRequest
     from easyetcon.testing.tiny import tiny_tokenizer
 
-    host = PluginHost(plugins=[SyntheticPlugin()])
+    tokenizer = tiny_tokenizer()
     config = LlamaConfig(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=2, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=1024, max_position_embeddings=256,
+        num_key_value_heads=8, vocab_size=len(tokenizer), max_position_embeddings=256,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
     )
     torch.manual_seed(0)
-    model = EditableModel(LlamaForCausalLM(config).to(torch.bfloat16), tiny_tokenizer(), registry=host.registry)
+    return EditableModel(LlamaForCausalLM(config).to(torch.bfloat16).eval(), tokenizer, registry=registry)
+
+
+def llama8b_request(label: str, step: int) -> Any:
+    from easyetcon.requests import EditRequest
+
+    subject = f"Freedonia {step}"
+    return EditRequest(prompt=f"The capital of {subject} is", subject=subject, target_new=f"City{step}", case_id=f"{label}-{step:03d}")
+
+
+def llama8b_part(args: Any) -> dict[str, Any]:
+    host = PluginHost(plugins=[SyntheticPlugin()])
+    model = llama8b_model(host.registry)
     name = model.adapter.weight_name("mlp_out", 1)  # down_proj, 4096 x 14336
     rows, cols = model.parameter(name).shape
     results: dict[str, Any] = {"parameter": name, "shape": [rows, cols], "dtype": "bfloat16", "full_copy_bytes": rows * cols * 2}
@@ -196,8 +211,7 @@ def llama8b_part(args: Any) -> dict[str, Any]:
             journal = TimedJournal(Path(scratch) / "journal")
             sizes = []
             for step in range(args.llama_steps):
-                request = EditRequest(prompt="The capital of Freedonia is", subject="Freedonia", target_new=f"City{step}", case_id=f"{form}-{step:03d}")
-                chain.apply(model, [request], journal=journal)
+                chain.apply(model, [llama8b_request(form, step)], journal=journal)
                 sizes.append(step_bytes(Path(scratch) / "journal", step)[0])
             forms = [e["weights"][name]["form"] for e in journal.entries()]
         results[form] = {"steps": args.llama_steps, "bytes_per_step": sizes, "forms": forms, "journal_seconds_per_step": journal.seconds}
@@ -205,17 +219,58 @@ def llama8b_part(args: Any) -> dict[str, Any]:
     return results
 
 
+#: Real editors at Llama-3-8B widths, with few optimisation steps (this measures what the journal
+#: stores, not edit quality). ROME and MEMIT edit layer 0: a value written at the subject in the
+#: last layer cannot reach the later positions the target is read at. MEMIT's statistics come
+#: from 32 short texts the model samples.
+#: AlphaEdit is left out: its null-space projector needs an eigendecomposition of a
+#: 14336 x 14336 matrix, which takes tens of minutes on this CPU.
+LLAMA8B_EDITORS = {
+    "rome": {"layer": 0, "use_covariance": False, "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0},
+    "memit": {"layers": [0], "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0,
+              "statistics": {"source": "model-samples", "samples": 32, "max_length": 16, "batch_size": 8, "cache": False, "progress": False}},
+    "ft-m": {"layers": [1], "steps": 3},
+    "tpsft": {"rounds": 1, "steps_per_round": 1, "weights": {"layers": [1]}},
+}
+
+
+def llama8b_editors_part(args: Any) -> dict[str, Any]:
+    model = llama8b_model(get_host().registry)
+    results: dict[str, Any] = {}
+    for editor, options in LLAMA8B_EDITORS.items():
+        with tempfile.TemporaryDirectory() as scratch:
+            chain = EditChain([(editor, options)])
+            journal = TimedJournal(Path(scratch) / "journal")
+            started = time.perf_counter()
+            result = chain.apply(model, [llama8b_request(editor, step) for step in range(args.llama_editor_steps)], journal=journal)
+            seconds = time.perf_counter() - started
+            sizes, base = [], 0
+            for position in range(len(journal)):
+                stored, base_bytes = step_bytes(Path(scratch) / "journal", position)
+                sizes.append(stored)
+                base += base_bytes
+            forms = sorted({info["form"] for e in journal.entries() for info in (e["weights"] or {}).values()})
+            result.undo(model)  # the next editor starts from the same random model
+        results[editor] = {
+            "options": options, "steps": len(sizes), "bytes_per_step": sizes, "base_bytes_once": base,
+            "forms": forms, "journal_seconds_per_step": journal.seconds, "seconds_all_steps": seconds,
+        }
+        print(f"llama8b {editor}: {sizes} bytes per step, forms {forms}, {seconds:.0f} s", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="grace,editors,llama8b")
+    parser.add_argument("--parts", default="grace,editors,llama8b,llama8b-editors")
     parser.add_argument("--edits", type=int, default=5000, help="GRACE edits")
     parser.add_argument("--editor-edits", type=int, default=10, help="edits per editor on the wide model")
     parser.add_argument("--llama-steps", type=int, default=6, help="steps at Llama-3-8B widths per update form")
+    parser.add_argument("--llama-editor-steps", type=int, default=2, help="edits per real editor at Llama-3-8B widths")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    parts = {"grace": grace_part, "editors": editors_part, "llama8b": llama8b_part}
+    parts = {"grace": grace_part, "editors": editors_part, "llama8b": llama8b_part, "llama8b-editors": llama8b_editors_part}
     results: dict[str, Any] = {
         "command": "python benchmarks/journal_cost.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "machine": platform.platform(), "threads": args.threads, "torch": torch.__version__,

@@ -79,7 +79,9 @@ class ChainResult:
 
     ``originals`` holds, for each weight the call changed, its value before the call: one copy
     per weight, however many steps changed it, so :meth:`undo` is bit-exact and memory stays
-    flat in the number of steps.
+    flat in the number of steps. With a journal, each record's tensors are released once its
+    step is on disk and its ``after_step`` hooks have run (digests and forms stay); load them
+    with ``journal.record(position)``, ``positions`` giving each record's place in the journal.
     """
 
     records: list[EditRecord] = field(default_factory=list)
@@ -249,6 +251,8 @@ class EditChain:
                         result.positions.append(journal.append(record, base=base, model=model))
                     del before
                     self.host.after_step(context, record, record.seconds)
+                    if journal is not None:
+                        record.release_tensors()  # on disk now: memory stays flat over a long apply()
                     bar.update(1)
         except BaseException:  # a failed step, or an interrupt between or inside steps
             write_weights(model, result.originals)

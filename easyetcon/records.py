@@ -101,13 +101,23 @@ class TensorChange:
     after: str
     factors: Factors | None = None
     full: torch.Tensor | None = None
+    released_form: str | None = None
 
     @property
     def form(self) -> str:
-        return "factors" if self.factors is not None else "full"
+        if self.factors is not None:
+            return "factors"
+        return "full" if self.full is not None else self.released_form or "full"
+
+    def release(self) -> None:
+        """Drop the tensors (kept in a journal); the digests and the form stay."""
+        self.released_form = self.form
+        self.factors = self.full = None
 
     def rebuild(self, before: torch.Tensor) -> torch.Tensor:
         """The new value, from the old one (a CPU tensor)."""
+        if self.released_form is not None:
+            raise JournalError("this change's tensors were released to the journal; load its record with Journal.record")
         return self.full if self.full is not None else apply_factors(before, self.factors or [])
 
     def stored_bytes(self) -> int:
@@ -347,6 +357,14 @@ class EditRecord:
             write_weights(model, {n: states[n] for n in changes})
         if self.memory is not None:
             model.memory_store(self.memory.store).apply_states(self.memory.before)
+
+    def release_tensors(self) -> None:
+        """Drop the weight tensors and editor state once they are in a journal (digests, forms
+        and memory deltas stay); :meth:`Journal.record` loads them again."""
+        if self.weights is not None:
+            for change in self.weights.changes.values():
+                change.release()
+        self.editor_state = {}
 
     def stored_bytes(self) -> int:
         """Bytes of tensors this record keeps (weights and editor state; not memory entries)."""

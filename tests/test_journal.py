@@ -288,3 +288,27 @@ def test_a_step_that_blows_a_weight_up_fails_and_is_restored(model):
     with pytest.raises(ChainStepError, match="times its own size.*lower the learning rate"):
         EditChain([("toy-shift", {"amount": 1e9})]).apply(model, tiny_requests()[:1])
     assert model.state_hash() == original
+
+
+def test_with_a_journal_records_release_their_tensors_after_the_hooks_ran(model, tmp_path):
+    seen = []
+
+    class Observer:
+        from easyetcon.hookspecs import hookimpl
+
+        @hookimpl
+        def easyetcon_after_step(self, step, record, seconds):
+            seen.append(record.weights.changes[weight_name(model)].full is not None)
+
+    from easyetcon.plugins import get_host
+
+    get_host().register(Observer(), name="observer")
+    result = EditChain(["toy-shift"]).apply(model, tiny_requests(), journal=tmp_path / "j")
+    assert seen == [True, True, True]  # hooks see the whole record
+    change = result.records[0].weights.changes[weight_name(model)]
+    assert change.full is None and change.form == "full" and result.records[0].stored_bytes() == 0
+    loaded = Journal.open(tmp_path / "j").record(result.positions[0])
+    assert loaded.weights.changes[weight_name(model)].after == change.after
+    original = result.originals[weight_name(model)].clone()
+    result.undo(model)
+    assert torch.equal(model.parameter(weight_name(model)).detach(), original)
