@@ -84,6 +84,17 @@ def step_bytes(journal_folder: Path, position: int) -> tuple[int, int]:
     return folder_bytes(folder) - base_bytes, base_bytes
 
 
+def journal_storage(journal: Journal) -> tuple[list[int], int, list[str]]:
+    """Bytes each step stores (less base values), the base values' bytes, and the forms used."""
+    sizes, base = [], 0
+    for position in range(len(journal)):
+        stored, base_bytes = step_bytes(journal.directory, position)
+        sizes.append(stored)
+        base += base_bytes
+    forms = sorted({info["form"] for e in journal.entries() for info in (e["weights"] or {}).values()})
+    return sizes, base, forms
+
+
 def grace_part(args: Any) -> dict[str, Any]:
     folder, fact_world, make_requests = world("default")
     pool = make_requests(fact_world, "test", None, 0)
@@ -125,12 +136,7 @@ def editors_part(args: Any) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as scratch:
             journal = Journal(Path(scratch) / "journal")
             EditChain([(name, options)]).apply(model, requests, journal=journal)
-            per_step, base = [], 0
-            for position in range(len(journal)):
-                stored, base_bytes = step_bytes(Path(scratch) / "journal", position)
-                per_step.append(stored)
-                base += base_bytes
-            forms = sorted({info["form"] for e in journal.entries() for info in (e["weights"] or {}).values()})
+            per_step, base, forms = journal_storage(journal)
         results[name] = {
             "options": options, "steps": len(per_step), "bytes_per_step_median": statistics.median(per_step),
             "base_bytes_once": base, "forms": forms,
@@ -244,12 +250,7 @@ def llama8b_editors_part(args: Any) -> dict[str, Any]:
             started = time.perf_counter()
             result = chain.apply(model, [llama8b_request(editor, step) for step in range(args.llama_editor_steps)], journal=journal)
             seconds = time.perf_counter() - started
-            sizes, base = [], 0
-            for position in range(len(journal)):
-                stored, base_bytes = step_bytes(Path(scratch) / "journal", position)
-                sizes.append(stored)
-                base += base_bytes
-            forms = sorted({info["form"] for e in journal.entries() for info in (e["weights"] or {}).values()})
+            sizes, base, forms = journal_storage(journal)
             result.undo(model)  # the next editor starts from the same random model
         results[editor] = {
             "options": options, "steps": len(sizes), "bytes_per_step": sizes, "base_bytes_once": base,
