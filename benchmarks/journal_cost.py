@@ -14,7 +14,7 @@ Three parts (``--parts``):
   bytes and journal seconds per step for a rank-one update written through
   ``EditableModel.add_low_rank`` (what ROME, MEMIT and AlphaEdit write, rank = requests per
   step) and for a dense update of the same projection (what FT-M and TPSFT write).
-* ``llama8b-editors``: the same model edited by ROME, MEMIT, FT-M and TPSFT themselves
+* ``llama8b-editors``: the same model edited by ROME, MEMIT, AlphaEdit, FT-M and TPSFT themselves
   (``--llama-editor-steps`` edits each, few optimisation steps: the journal's bytes, not quality).
 
     python benchmarks/journal_cost.py --threads 1 --out benchmarks/results/journal_cost.json
@@ -226,15 +226,16 @@ def llama8b_part(args: Any) -> dict[str, Any]:
 
 
 #: Real editors at Llama-3-8B widths, with few optimisation steps (this measures what the journal
-#: stores, not edit quality). ROME and MEMIT edit layer 0: a value written at the subject in the
-#: last layer cannot reach the later positions the target is read at. MEMIT's statistics come
-#: from 32 short texts the model samples.
-#: AlphaEdit is left out: its null-space projector needs an eigendecomposition of a
-#: 14336 x 14336 matrix, which takes tens of minutes on this CPU.
+#: stores, not edit quality). The locate-then-edit editors edit layer 0: a value written at the
+#: subject in the last layer cannot reach the later positions the target is read at. MEMIT's and
+#: AlphaEdit's statistics come from 32 short texts the model samples; AlphaEdit's projector is an
+#: eigendecomposition of a 14336 x 14336 matrix (AlphaEdit's two edits took 22 minutes on one thread here).
 LLAMA8B_EDITORS = {
     "rome": {"layer": 0, "use_covariance": False, "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0},
     "memit": {"layers": [0], "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0,
               "statistics": {"source": "model-samples", "samples": 32, "max_length": 16, "batch_size": 8, "cache": False, "progress": False}},
+    "alphaedit": {"layers": [0], "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0,
+                  "statistics": {"source": "model-samples", "samples": 32, "max_length": 16, "batch_size": 8, "cache": False, "progress": False}},
     "ft-m": {"layers": [1], "steps": 3},
     "tpsft": {"rounds": 1, "steps_per_round": 1, "weights": {"layers": [1]}},
 }

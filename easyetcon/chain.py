@@ -334,7 +334,7 @@ class EditChain:
             if delta_holder:
                 model.memory_store(step.name).apply_states(delta_holder[0].before)
             self.host.step_error(context, error)
-            if isinstance(error, KeyboardInterrupt):
+            if not isinstance(error, Exception):  # Ctrl-C, SIGTERM (Terminated), exit: not a failed step
                 raise
             what = "was vetoed" if isinstance(error, StepVetoed) else "failed"
             if not unrestorable:

@@ -106,3 +106,31 @@ def test_a_full_disk_while_saving_is_one_clear_error_and_leaves_nothing(workspac
     assert "No space left on device" in result.output and "free some space" in result.output
     assert not (workspace / "run").exists()
     assert not list(workspace.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_sigterm_rolls_back_and_leaves_no_staging_or_output(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from easyetcon.requests import save_requests
+    from easyetcon.testing import tiny_requests, tiny_torch_model
+
+    model, tokenizer = tiny_torch_model("llama")
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    save_requests(tiny_requests(), tmp_path / "requests.json")
+    (tmp_path / "chain.yaml").write_text("chain:\n  - editor: ft-m\n    steps: 10000\n    learning_rate: 0.0001\n")
+    command = [sys.executable, "-c", "from easyetcon.cli import main; main()", "edit", "--model", str(tmp_path / "base"),
+               "--chain", str(tmp_path / "chain.yaml"), "--data", str(tmp_path / "requests.json"), "--out", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(f"{STAGING_PREFIX}*/run/journal/requests.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the chain has started its first step
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
+    assert not list(tmp_path.glob(f"{STAGING_PREFIX}*")) and not (tmp_path / "run").exists()
+    assert "Traceback" not in stderr.decode()

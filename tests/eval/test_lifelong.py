@@ -126,3 +126,10 @@ def test_a_re_edited_fact_is_scored_by_its_newest_request_only():
     assert [r.case_id for r in _retention_subset(stream, 4, None)] == ["r0", "r2", "r1-again"]
     assert [r.case_id for r in _retention_subset(stream, 3, None)] == ["r0", "r1", "r2"]
     assert len(_retention_subset(stream, 4, 2)) == 2
+
+
+def test_a_damaged_state_file_is_one_clear_error_naming_it(fresh, tmp_path):
+    run_lifelong(fresh(), ["toy-shift"], requests(3), schedule="end", out_dir=tmp_path, report=False, **FAST)
+    (tmp_path / "lifelong.json").write_text('{"version": 1, "curve": [')
+    with pytest.raises(JournalError, match="lifelong.json.*damaged.*delete it"):
+        run_lifelong(fresh(), ["toy-shift"], requests(3), schedule="end", out_dir=tmp_path, report=False, **FAST)
