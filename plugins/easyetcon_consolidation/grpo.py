@@ -7,20 +7,27 @@ when this step began (i.e. after the edit stage). The KL covers only the edit's 
 ``weights.preserve`` also holds the output projections on ordinary text (see :mod:`.common`).
 In a float16/bfloat16 model the selected weights train through fp32 masters
 (:func:`easyetcon.training.trainable_only`), which TRL's optimiser steps like any parameter.
-Runs on CPU (``use_cpu``) and unchanged on GPUs under ``accelerate launch``.
+
+The KL reference lives in memory (:func:`pre_step_reference`): it shares every frozen weight with
+the policy and holds a snapshot of the trained ones only, so a step neither writes the model to
+disk nor holds a second copy of it. Runs on CPU (``use_cpu``) and on GPUs under
+``accelerate launch`` with one model replica per process (DDP); DeepSpeed and FSDP, which would
+shard the shared weights twice, are not supported.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
 
-from easyetcon.errors import ConfigError, RequestError, UnknownNameError
+from easyetcon.errors import ConfigError, EasyEtconError, RequestError, UnknownNameError
 from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
 from easyetcon.training import trainable_only
@@ -124,16 +131,14 @@ class GRPOConsolidation:
 
         config = self.config
         names = ffn_weight_names(model, config.weights)
-        saved_name = net.config._name_or_path
+        # taken before fp32 masters of half-precision weights take their place: it holds the model's dtype
+        reference = pre_step_reference(net, names) if config.beta > 0 else None  # TRL needs none at beta 0
         saved_generation = net.generation_config.to_dict() if net.generation_config is not None else None
+        saved_forward = net.__dict__.get("forward")
+        # the Trainer creates its output folder even though it saves nothing there (save_strategy "no")
         with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch:
-            # TRL builds the KL reference by loading the policy's checkpoint: give it this step's
-            # start, saved before fp32 masters of half-precision weights take their place.
-            reference = Path(scratch) / "reference"
-            net.save_pretrained(reference)
-            tokenizer.save_pretrained(reference)
             arguments = GRPOConfig(
-                output_dir=str(Path(scratch) / "trainer"),
+                output_dir=scratch,
                 use_cpu=model.device.type == "cpu",
                 num_generations=config.group_size,
                 per_device_train_batch_size=config.group_size * config.prompts_per_step,
@@ -163,19 +168,65 @@ class GRPOConsolidation:
             level = transformers_logger.level
             transformers_logger.setLevel(logging.ERROR)
             try:
-                net.config._name_or_path = str(reference)
                 with trainable_only(net, names), preserving_outputs(model, config.weights, self.statistics):
-                    trainer = GRPOTrainer(
-                        model=net,
-                        reward_funcs=[reward],
-                        args=arguments,
-                        train_dataset=Dataset.from_list(rows),
-                        processing_class=tokenizer,
-                    )
+                    with trl_loads_reference(reference):
+                        trainer = GRPOTrainer(
+                            model=net,
+                            reward_funcs=[reward],
+                            args=arguments,
+                            train_dataset=Dataset.from_list(rows),
+                            processing_class=tokenizer,
+                        )
+                    if reference is not None and trainer.accelerator.unwrap_model(trainer.ref_model) is not reference:
+                        raise EasyEtconError(
+                            "TRL's GRPOTrainer built its KL reference without create_model_from_path, so GRPO "
+                            "consolidation cannot give it the pre-step model: install the trl version easyetcon "
+                            "is tested with (1.16)"
+                        )
                     trainer.remove_callback(PrinterCallback)
                     trainer.train()
             finally:
                 transformers_logger.setLevel(level)
-                net.config._name_or_path = saved_name
-                if saved_generation is not None:
+                if saved_generation is not None:  # TRL writes the tokenizer's pad token into it
                     net.generation_config = type(net.generation_config).from_dict(saved_generation)
+                # TRL wraps the policy's forward in its fused log-prob head; a later step's reference,
+                # a copy of the policy, would inherit a wrapper that calls back into the policy
+                if saved_forward is None:
+                    net.__dict__.pop("forward", None)
+                else:
+                    net.forward = saved_forward
+
+
+def pre_step_reference(net: nn.Module, trained: Sequence[str]) -> nn.Module:
+    """``net`` as it is now, for GRPO's KL term: a copy of its module tree that shares every
+    parameter and buffer with ``net`` (same tensors, no copy) except the ``trained`` parameters,
+    for which it holds snapshots of their current values in their own dtype, not requiring grad.
+    Training the policy leaves it unchanged, and it costs the memory of the trained weights only.
+    Take it outside :func:`easyetcon.training.trainable_only`, so that it snapshots the stored
+    weights, not their fp32 masters."""
+    parameters = dict(net.named_parameters())
+    # deepcopy returns what its memo already maps an object to: frozen tensors map to themselves
+    memo: dict[int, Any] = {id(tensor): tensor for tensor in [*parameters.values(), *net.buffers()]}
+    for name in trained:
+        parameter = parameters[name]
+        memo[id(parameter)] = nn.Parameter(parameter.detach().clone(), requires_grad=False)
+    reference = copy.deepcopy(net, memo)
+    return reference.eval()  # as TRL's own reference, loaded with from_pretrained, would be
+
+
+@contextmanager
+def trl_loads_reference(reference: nn.Module | None) -> Iterator[None]:
+    """While GRPOTrainer is built, the loader it builds its KL reference with (from the policy's
+    checkpoint) returns ``reference`` instead; TRL then prepares it as it would its own (fused
+    log-prob head, device placement). Does nothing when ``reference`` is None (beta 0: TRL loads none)."""
+    if reference is None:
+        yield
+        return
+    from trl.trainer import grpo_trainer
+
+    load = grpo_trainer.create_model_from_path
+    grpo_trainer.create_model_from_path = lambda model_id, *args, **kwargs: reference
+    try:
+        yield
+    finally:
+        grpo_trainer.create_model_from_path = load

@@ -21,13 +21,15 @@ null space (little energy, but not none) is protected in proportion, as MEMIT pr
 Each update is written as its factors ``R`` and ``(P A⁻¹ P K)ᵀ`` (``A`` the matrix of eq. 9 as
 solved), never as a ``d × d`` matrix.
 
-Editor state: per model and layer a ``d × d`` projector and ``K_p K_pᵀ`` (fp64), so the cost
-of an edit does not grow with the number of earlier edits. The layers, prefixes, statistics and
-projectors are derived in :meth:`AlphaEdit.prepare` from the unedited model. ``K_p K_pᵀ`` is
+Editor state and cost: per model and layer the projector (the smaller of its two orthonormal
+bases) and the fp64 inverse of ``B = P (λ C + K_p K_pᵀ) + α I``, kept current by one rank-``n``
+Woodbury step per edit (:class:`.solve.NullSpaceSolver`): an edit costs ``O(d² n)`` and its
+memory does not grow with the number of earlier edits. The layers, prefixes, statistics and
+projectors are derived in :meth:`AlphaEdit.prepare` from the unedited model. The inverse is
 carried from edit to edit: each step's journal holds the keys it added (:meth:`AlphaEdit.journal_state`,
 ``n × d`` per layer), and replaying the journal adds them again in the same order
-(:meth:`AlphaEdit.restore_state`), which rebuilds the same fp64 moment bit for bit. Undoing a
-chain step does not remove its keys from ``K_p K_pᵀ``; use a new editor to start over.
+(:meth:`AlphaEdit.restore_state`), which rebuilds the same fp64 inverse bit for bit. Undoing a
+chain step does not remove its keys; use a new editor to start over.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from easyetcon.errors import JournalError
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
-from easyetcon_intrinsic.solve import add_to_weight, nullspace_projector, projected_factors
+from easyetcon_intrinsic.solve import NullSpaceSolver, Projector, add_to_weight, nullspace_basis
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -107,15 +109,14 @@ class AlphaEditConfig(BaseModel):
 
 
 class AlphaEdit:
-    """The ``alphaedit`` editor. Keeps, per model: layers, prefixes, projectors and ``K_p K_pᵀ``."""
+    """The ``alphaedit`` editor. Keeps, per model: layers, prefixes, projectors and each layer's :class:`NullSpaceSolver`."""
 
     def __init__(self, config: AlphaEditConfig) -> None:
         self.config = config
         self.statistics = LayerStatistics(config.statistics)
         self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._projectors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: P}
-        self._edited_moments: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: K_p K_pᵀ}
+        self._solvers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: NullSpaceSolver}
         self._last_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (request ids, {layer: K})
 
     def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
@@ -132,20 +133,25 @@ class AlphaEdit:
             self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
         return self._prefixes[model.torch_model]
 
-    def projector(self, model: Any, layer: int) -> torch.Tensor:
+    def projector(self, model: Any, layer: int) -> Projector:
         """``P`` onto the null space of the layer's key statistics (computed once per model)."""
-        projectors = self._projectors.setdefault(model.torch_model, {})
-        if layer not in projectors:
+        return self.solver(model, layer).projector
+
+    def solver(self, model: Any, layer: int) -> NullSpaceSolver:
+        """The layer's eq.-9 solver: its projector and the running inverse (made once per model,
+        on the layer's weight device, from the statistics of the model it first sees)."""
+        solvers = self._solvers.setdefault(model.torch_model, {})
+        if layer not in solvers:
             moment = self.statistics.get(model, [layer])[layer].mom2
-            projectors[layer] = nullspace_projector(
+            device = model.adapter.module(model.torch_model, "mlp_out", layer).weight.device
+            moment = moment.to(device)
+            projector = nullspace_basis(
                 moment, rule=self.config.nullspace_rule, energy_fraction=self.config.energy_fraction,
                 threshold=self.config.nullspace_threshold,
             )
-        return projectors[layer]
-
-    def edited_moment(self, model: Any, layer: int) -> torch.Tensor | None:
-        """``K_p K_pᵀ`` of the keys this editor has already written at ``layer`` (``None`` before the first edit)."""
-        return self._edited_moments.get(model.torch_model, {}).get(layer)
+            alpha = self.config.l2 * float(torch.trace(moment.double()))
+            solvers[layer] = NullSpaceSolver(projector, alpha, moment, self.config.covariance_weight)
+        return solvers[layer]
 
     def prepare(self, model: Any, requests: Sequence[Any]) -> None:
         """Choose the layers, make the prefixes, read ``C`` and build ``P`` of each layer from
@@ -155,7 +161,7 @@ class AlphaEdit:
             self.prefixes(model)
             self.statistics.get(model, layers)
             for layer in layers:
-                self.projector(model, layer)
+                self.solver(model, layer)
 
     def journal_state(self, model: Any, requests: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The keys the last :meth:`edit` of ``requests`` added to ``K_p K_pᵀ``: ``edited_keys.<layer>``, fp32 ``(n, d_in)``."""
@@ -190,14 +196,11 @@ class AlphaEdit:
         self._add_edited_keys(model, [r.request_id for r in requests], written)
 
     def _add_edited_keys(self, model: Any, request_ids: list[Any], written: dict[int, torch.Tensor]) -> None:
-        """``K_p K_pᵀ += K Kᵀ`` per layer: the one place both :meth:`edit` and :meth:`restore_state`
-        change the moment, so a replay performs the same fp64 operations in the same order."""
-        moments = self._edited_moments.setdefault(model.torch_model, {})
+        """Make the keys earlier edits, per layer: the one place both :meth:`edit` and
+        :meth:`restore_state` change the solvers, so a replay performs the same fp64 operations
+        in the same order (on the solver's device whichever path the keys came by)."""
         for layer, keys in written.items():
-            # on the layer's weight device whichever path the keys came by, so the products agree
-            device = model.adapter.module(model.torch_model, "mlp_out", layer).weight.device
-            keys = keys.to(device=device).double().contiguous()
-            moments[layer] = moments[layer] + keys.T @ keys if layer in moments else keys.T @ keys
+            self.solver(model, layer).add_keys(keys)
         self._last_written[model.torch_model] = (list(request_ids), written)
 
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
@@ -209,7 +212,6 @@ class AlphaEdit:
         self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
         layers = self.layers(model, requests)
         prefixes = self.prefixes(model)
-        statistics = self.statistics.get(model, layers)
         last_block = model.adapter.blocks(model.torch_model)[layers[-1]]
         prompts = [r.prompt for r in requests]
         positions = fact_positions(
@@ -222,17 +224,15 @@ class AlphaEdit:
         targets = torch.stack([value.original + value.delta for value in values])
 
         # 2. spread the residual over the layers, each update confined to the null space
+        written: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(layers):
-            keys = fact_keys(model, layer, requests, prefixes, self.config.fact_token)
+            # a layer's keys do not depend on its own or later layers' weights: these are also
+            # the keys after the whole edit, which step 3 protects
+            keys = written[layer] = fact_keys(model, layer, requests, prefixes, self.config.fact_token)
             current = activations_at(model, last_block, prompts, positions, which="output")
             residuals = (targets - current) / (len(layers) - index)
-            alpha = self.config.l2 * float(torch.trace(statistics[layer].mom2.double()))
-            left, right = projected_factors(
-                keys, residuals, self.projector(model, layer), self.edited_moment(model, layer), l2=alpha,
-                covariance=statistics[layer].mom2, covariance_weight=self.config.covariance_weight,
-            )
+            left, right = self.solver(model, layer).factors(keys, residuals)
             add_to_weight(model, layer, left, right)
 
         # 3. remember the keys just written, so later edits leave them alone
-        written = {layer: fact_keys(model, layer, requests, prefixes, self.config.fact_token) for layer in layers}
         self._add_edited_keys(model, [r.request_id for r in requests], written)

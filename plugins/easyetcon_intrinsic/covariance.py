@@ -6,8 +6,11 @@ update along directions the layer rarely sees, AlphaEdit to find the directions 
 
 * Text comes from a ``datasets`` dataset (local files or a hub id), the fact world's corpus,
   samples drawn from the model itself, or any iterable of strings (:meth:`LayerStatistics.use_texts`).
-* Keys are accumulated in fp32 per batch and summed in fp64, with a progress bar; the forward
-  pass stops at the deepest layer needed.
+* Texts are batched by token length, so little padding runs through the model; keys are
+  multiplied in fp32 in blocks of up to ``KEY_BUFFER_ROWS`` and the products summed in fp64,
+  with a progress bar in tokens/s; the forward pass stops at the deepest layer needed. One pass
+  serves every layer missing at that moment, including layers declared ahead with
+  :meth:`LayerStatistics.reserve`.
 * Results are cached under ``$EASYETCON_CACHE/stats`` (default ``~/.cache/easyetcon/stats``),
   keyed by the weights hash of the model they were computed from, the module, the corpus and the
   sample count. Editors compute them in ``prepare``, on the unedited model, so a resumed run
@@ -22,9 +25,10 @@ import hashlib
 import itertools
 import json
 import os
+import time
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import ConfigError
-from easyetcon_intrinsic.keys import StopForward, pad_id_of
+from easyetcon_intrinsic.keys import StopForward, pad_id_of, pad_right
 
 CACHE_ENV = "EASYETCON_CACHE"
 CACHE_FORMAT = 1
@@ -189,21 +193,42 @@ def resolve_texts(model: Any, config: StatisticsConfig) -> tuple[Iterator[str], 
 # --------------------------------------------------------------------------------------------
 
 
-def _batches(texts: Iterable[str], batch_size: int, limit: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+#: Texts read, tokenised and sorted by length together, in units of ``batch_size``.
+SORT_WINDOW_BATCHES = 16
+
+
+def _windows(texts: Iterable[str], size: int, limit: int) -> Iterator[list[str]]:
+    """The first ``limit`` non-empty strings of ``texts``, in lists of at most ``size``."""
+    window: list[str] = []
     taken = 0
     for text in texts:
         if taken >= limit:
             break
         if not isinstance(text, str) or not text.strip():
             continue
-        batch.append(text)
+        window.append(text)
         taken += 1
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices into ``lengths`` grouped into batches of at most ``batch_size`` texts of similar length.
+
+    Longest first, so a batch too large for the device fails at once; equal lengths keep their
+    order. Texts of no tokens are left out (they add nothing to the statistics).
+    """
+    order = sorted((i for i, length in enumerate(lengths) if length > 0), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """The share of padding among the positions the model runs when ``batches`` are padded."""
+    positions = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches if batch)
+    return 1.0 - sum(lengths[i] for batch in batches for i in batch) / positions if positions else 0.0
 
 
 #: Keys at least this wide get their Gram matrix by blocks (narrower ones gain nothing measurable).
@@ -232,6 +257,47 @@ def symmetric_gram(rows: torch.Tensor, blocks: int | None = None) -> torch.Tenso
     return gram
 
 
+#: Keys gathered (per layer, fp32) before their Gram matrix is added to the fp64 sum. Casting a
+#: d×d product to fp64 and adding it costs about half the product of ~1000 keys on a CPU.
+KEY_BUFFER_ROWS = 4096
+
+
+class KeyMomentSum:
+    """``Σ k kᵀ`` of one layer's keys: keys are gathered into an fp32 buffer of ``rows`` rows, and
+    each full buffer's Gram matrix is added to an fp64 sum."""
+
+    def __init__(self, rows: int = KEY_BUFFER_ROWS) -> None:
+        self.rows = rows
+        self.total: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = None
+        self._filled = 0
+
+    def add(self, keys: torch.Tensor) -> None:
+        """Add the ``(n, d)`` ``keys`` (any float dtype)."""
+        if self._filled + len(keys) > self.rows:
+            self.flush()
+        if len(keys) >= self.rows:
+            self._add_gram(keys.float())  # .float() copies only a half-precision model's keys
+            return
+        if self._buffer is None:
+            self._buffer = keys.new_empty((self.rows, keys.shape[1]), dtype=torch.float32)
+        self._buffer[self._filled : self._filled + len(keys)].copy_(keys)
+        self._filled += len(keys)
+
+    def flush(self) -> None:
+        """Fold the buffered keys into :attr:`total`."""
+        if self._filled:
+            self._add_gram(self._buffer[: self._filled])
+            self._filled = 0
+
+    def _add_gram(self, keys: torch.Tensor) -> None:
+        moment = symmetric_gram(keys)
+        if self.total is None:
+            self.total = moment.double()
+        else:
+            self.total.add_(moment)  # in place: a new fp64 d×d costs as much again
+
+
 @torch.no_grad()
 def collect_second_moments(
     model: Any,
@@ -243,29 +309,34 @@ def collect_second_moments(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[int, SecondMoment]:
-    """Stream ``samples`` texts through the model and return ``E[k kᵀ]`` of each layer's keys.
+    """Stream the first ``samples`` non-empty texts through the model once and return ``E[k kᵀ]``
+    of each layer's keys.
 
-    Padding is excluded; the forward pass ends at the deepest requested layer.
+    Texts are read ``SORT_WINDOW_BATCHES × batch_size`` at a time and batched by token length
+    (:func:`plan_batches`), so little padding runs through the model. Batches are padded on the
+    right, so each key is the one the text gives alone; padding is excluded from the statistics,
+    and the forward pass ends at the deepest requested layer.
     """
     from tqdm.auto import tqdm
 
     layers = sorted(set(layers))
     torch_model, tokenizer, adapter = model.torch_model, model.tokenizer, model.adapter
     modules = {layer: adapter.module(torch_model, "mlp_out", layer) for layer in layers}
-    sums: dict[int, torch.Tensor] = {}
-    mask_holder: list[torch.Tensor] = []
+    sums = {layer: KeyMomentSum() for layer in layers}
+    # "rows": flat indices of the batch's real tokens, or None when it has no padding. Absent
+    # outside our own forward passes (e.g. a lazy text source generating).
+    batch_state: dict[str, torch.Tensor | None] = {}
     deepest = layers[-1]
 
     def make_hook(layer: int):
         def hook(_module: Any, args: tuple) -> None:
-            if not mask_holder:  # another forward pass (e.g. a lazy text source generating)
+            if "rows" not in batch_state:
                 return
-            keys = args[0][mask_holder[0]].float()
-            moment = symmetric_gram(keys)
-            if layer in sums:
-                sums[layer].add_(moment)  # in place: a new fp64 d×d per batch costs as much as the product
-            else:
-                sums[layer] = moment.double()
+            hidden = args[0]
+            keys = hidden.reshape(-1, hidden.shape[-1])
+            if batch_state["rows"] is not None:
+                keys = keys.index_select(0, batch_state["rows"])
+            sums[layer].add(keys)
             if layer == deepest:
                 raise StopForward
 
@@ -274,23 +345,30 @@ def collect_second_moments(
     handles = [modules[layer].register_forward_pre_hook(make_hook(layer)) for layer in layers]
     was_training = torch_model.training
     torch_model.eval()
+    device, pad_id = model.device, pad_id_of(tokenizer)
     tokens = 0
+    started = time.perf_counter()
     bar = tqdm(total=samples, desc=f"key statistics, layers {layers}", unit="text", disable=not progress)
     try:
-        for batch in _batches(texts, batch_size, samples):
-            encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            mask = encoded["attention_mask"].bool().to(model.device)
-            mask_holder[:] = [mask]
-            try:
-                torch_model(
-                    input_ids=encoded["input_ids"].to(model.device), attention_mask=mask.long(), use_cache=False
-                )
-            except StopForward:
-                pass
-            finally:
-                mask_holder.clear()
-            tokens += int(mask.sum())
-            bar.update(len(batch))
+        for window in _windows(texts, batch_size * SORT_WINDOW_BATCHES, samples):
+            encoded = tokenizer(window, truncation=True, max_length=max_length)["input_ids"]
+            lengths = [len(row) for row in encoded]
+            for batch in plan_batches(lengths, batch_size):
+                # right padding whatever the tokenizer's side: each token keeps the position it has alone
+                input_ids, mask = pad_right([encoded[i] for i in batch], pad_id)
+                mask = mask.to(device)
+                count = sum(lengths[i] for i in batch)
+                batch_state["rows"] = None if count == mask.numel() else mask.reshape(-1).nonzero().squeeze(1)
+                try:
+                    torch_model(input_ids=input_ids.to(device), attention_mask=mask, use_cache=False)
+                except StopForward:
+                    pass
+                finally:
+                    batch_state.clear()
+                tokens += count
+                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tokens/s", refresh=False)
+                bar.update(len(batch))
+            bar.update(len(window) - sum(1 for length in lengths if length > 0))  # texts of no tokens
     finally:
         for handle in handles:
             handle.remove()
@@ -298,7 +376,9 @@ def collect_second_moments(
         torch_model.train(was_training)
     if tokens == 0:
         raise ConfigError("the statistics source yielded no text; check statistics.source and text_column")
-    return {layer: SecondMoment((sums[layer] / tokens).float().cpu(), tokens) for layer in layers}
+    for moment_sum in sums.values():
+        moment_sum.flush()
+    return {layer: SecondMoment((sums[layer].total / tokens).float().cpu(), tokens) for layer in layers}
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +476,7 @@ class LayerStatistics:
     def __init__(self, config: StatisticsConfig) -> None:
         self.config = config
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._wanted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # torch model -> set of layers
         self._texts: Iterable[str] | None = None
         self._corpus_id: str | None = None
         self.last_sources: dict[int, str] = {}  # layer -> "memory" | "cache" | "computed"
@@ -407,15 +488,33 @@ class LayerStatistics:
         self._corpus_id = corpus_id
         self._memo = weakref.WeakKeyDictionary()
 
+    @staticmethod
+    def _layer_indices(model: Any, layers: Iterable[int]) -> list[int]:
+        return sorted({layer % model.adapter.num_layers(model.torch_model) for layer in layers})
+
+    def reserve(self, model: Any, layers: Iterable[int]) -> None:
+        """Declare layers whose statistics will be asked for later.
+
+        The next :meth:`get` that has to read or collect anything also covers every reserved
+        layer not yet known, so the texts pass through the model once for all of them rather
+        than once per request. Reserve before the first ``get`` of ``prepare``: the statistics
+        are then all taken from the unedited model. Each layer costs a ``d × d`` fp64 sum on
+        the model's device while collecting.
+        """
+        self._wanted.setdefault(model.torch_model, set()).update(self._layer_indices(model, layers))
+
     def get(self, model: Any, layers: Iterable[int]) -> dict[int, SecondMoment]:
-        layers = sorted({layer % model.adapter.num_layers(model.torch_model) for layer in layers})
+        """``{layer: SecondMoment}`` of ``layers``, from memory, the disk cache, or one collection
+        pass that also covers the reserved layers still missing."""
+        layers = self._layer_indices(model, layers)
         memo = self._memo.setdefault(model.torch_model, {})
         missing = [layer for layer in layers if layer not in memo]
         for layer in layers:
             if layer in memo:
                 self.last_sources[layer] = "memory"
         if missing:
-            memo.update(self._load_or_collect(model, missing))
+            reserved = self._wanted.get(model.torch_model, set())
+            memo.update(self._load_or_collect(model, sorted(set(missing) | (reserved - memo.keys()))))
         return {layer: memo[layer] for layer in layers}
 
     def _load_or_collect(self, model: Any, layers: list[int]) -> dict[int, SecondMoment]:

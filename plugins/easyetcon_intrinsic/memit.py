@@ -13,7 +13,8 @@ For a batch of requests and layers ``l_1 < … < l_m`` (the last one ``L``):
        Δ = R Kᵀ (λ C + K Kᵀ)⁻¹
 
    which gives the new keys their residual while keeping typical keys' values (``λ`` is
-   ``covariance_weight``). Later layers see the earlier layers' updates. Each update is written
+   ``covariance_weight``; ``λ C`` is factorised once per layer, and Woodbury makes each solve
+   ``O(d² n)``). Later layers see the earlier layers' updates. Each update is written
    as its factors ``R`` and ``((λ C + K Kᵀ)⁻¹ K)ᵀ``: rank ``n``, never a ``d × d`` matrix.
 
 The layers, the prefixes and ``C`` are derived from the model once, in :meth:`Memit.prepare`,
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
-from easyetcon_intrinsic.solve import add_to_weight, least_squares_factors
+from easyetcon_intrinsic.solve import FactorisationCache, FactoredCovariance, add_to_weight, least_squares_factors
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -89,6 +90,7 @@ class Memit:
     def __init__(self, config: MemitConfig) -> None:
         self.config = config
         self.statistics = LayerStatistics(config.statistics)
+        self.factorisations = FactorisationCache()
         self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -106,12 +108,19 @@ class Memit:
             self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
         return self._prefixes[model.torch_model]
 
+    def covariance(self, model: Any, layer: int) -> FactoredCovariance:
+        """``λ C`` of the layer, factorised once per model (each edit is then ``O(d² n)``, by Woodbury)."""
+        mom2 = self.statistics.get(model, [layer])[layer].mom2
+        return self.factorisations.get(model, layer, mom2, weight=self.config.covariance_weight)
+
     def prepare(self, model: Any, requests: Sequence[Any]) -> None:
-        """Choose the layers, make the prefixes and read ``C`` of each layer from ``model`` (memoised per model)."""
+        """Choose the layers, make the prefixes, read ``C`` of each layer from ``model`` and
+        factorise it (memoised per model)."""
         with weights_hashed_once(model):
             layers = self.layers(model, requests)
             self.prefixes(model)
-            self.statistics.get(model, layers)
+            for layer in self.statistics.get(model, layers):
+                self.covariance(model, layer)
 
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
         return [model.adapter.weight_name("mlp_out", layer) for layer in self.layers(model, requests)]
@@ -122,7 +131,6 @@ class Memit:
         self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
         layers = self.layers(model, requests)
         prefixes = self.prefixes(model)
-        statistics = self.statistics.get(model, layers)
         last_block = model.adapter.blocks(model.torch_model)[layers[-1]]
         prompts = [r.prompt for r in requests]
         positions = fact_positions(
@@ -139,5 +147,5 @@ class Memit:
             keys = fact_keys(model, layer, requests, prefixes, self.config.fact_token)
             current = activations_at(model, last_block, prompts, positions, which="output")
             residuals = (targets - current) / (len(layers) - index)
-            left, right = least_squares_factors(keys, residuals, statistics[layer].mom2, self.config.covariance_weight)
+            left, right = least_squares_factors(keys, residuals, self.covariance(model, layer), self.config.covariance_weight)
             add_to_weight(model, layer, left, right)

@@ -13,7 +13,8 @@ state a new object, ROME
 
        Ŵ = W + (v* − W k*) (C⁻¹ k*)ᵀ / (k*ᵀ C⁻¹ k*)
 
-   where ``C = E[k kᵀ]`` over ordinary text (optional: without it ``C = I``).
+   where ``C = E[k kᵀ]`` over ordinary text (optional: without it ``C = I``), factorised once
+   per layer so each edit's ``C⁻¹k*`` costs ``O(d²)`` (:class:`.solve.FactoredCovariance`).
 
 The same averaged key ``k*`` is used on both sides of the update, in ``v* − W k*`` and in
 ``C⁻¹ k*`` (r-ROME, Gupta et al. 2024): the original code mixed an un-prefixed key into the
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import fact_keys, make_prefixes
 from easyetcon_intrinsic.layers import resolve_layers
-from easyetcon_intrinsic.solve import add_to_weight, rank_one_factors
+from easyetcon_intrinsic.solve import FactorisationCache, FactoredCovariance, add_to_weight, rank_one_factors
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -92,6 +93,7 @@ class Rome:
     def __init__(self, config: RomeConfig) -> None:
         self.config = config
         self.statistics = LayerStatistics(config.statistics)
+        self.factorisations = FactorisationCache()
         self._layer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -108,13 +110,18 @@ class Rome:
             self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
         return self._prefixes[model.torch_model]
 
+    def covariance(self, model: Any, layer: int) -> FactoredCovariance:
+        """``C + ridge`` of the layer, factorised once per model (every edit then solves in ``O(d²)``)."""
+        mom2 = self.statistics.get(model, [layer])[layer].mom2
+        return self.factorisations.get(model, layer, mom2, ridge=self.config.ridge)
+
     def prepare(self, model: Any, requests: Sequence[Any]) -> None:
-        """Choose the layer, make the prefixes and read ``C`` from ``model`` (memoised per model)."""
+        """Choose the layer, make the prefixes, read ``C`` from ``model`` and factorise it (memoised per model)."""
         with weights_hashed_once(model):
             layer = self.layer(model, requests)
             self.prefixes(model)
             if self.config.use_covariance:
-                self.statistics.get(model, [layer])
+                self.covariance(model, layer)
 
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
         return [model.adapter.weight_name("mlp_out", self.layer(model, requests))]
@@ -125,12 +132,12 @@ class Rome:
         self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
         layer = self.layer(model, requests)
         prefixes = self.prefixes(model)
-        covariance = self.statistics.get(model, [layer])[layer].mom2 if self.config.use_covariance else None
+        covariance = self.covariance(model, layer) if self.config.use_covariance else None
         module = model.adapter.module(model.torch_model, "mlp_out", layer)
         settings = ValueOptimisation.from_config(self.config)
         for request in requests:
             key = fact_keys(model, layer, [request], prefixes, self.config.fact_token)[0]  # k*, averaged over prefixes
             value = optimise_value(model, module, request, prefixes, settings)
             # v* = W k* + δ, so the residual v* − W k* is δ: k* on both sides of the update.
-            left, right = rank_one_factors(key, value.delta, covariance, ridge=self.config.ridge)
+            left, right = rank_one_factors(key, value.delta, covariance)
             add_to_weight(model, layer, left, right)

@@ -17,8 +17,10 @@ and after every step ``‖δ‖`` is clamped to ``clamp_norm_factor × ‖v‖``
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from easyetcon.text import build_target_batch, target_token_logprobs
+from easyetcon.text import build_target_batch
 from easyetcon.training import trainable_only
-from easyetcon_intrinsic.keys import FactToken, add_to_output, capture_output, fact_positions, fill_prefixes, pad_id_of
+from easyetcon_intrinsic.keys import FactToken, add_to_output, capture_output, fact_positions, fill_prefixes, pad_id_of, pad_right
 
 
 class EditNotReachedWarning(UserWarning):
@@ -131,18 +133,138 @@ def essence_texts(
     return essence
 
 
-def greedy_hits(logits: torch.Tensor, batch: Any) -> list[bool]:
-    """Per row of a target batch, whether every target token is the argmax where it is predicted."""
-    return [
-        all(int(logits[row, position].argmax()) == token for position, token in zip(positions, tokens))
-        for row, (positions, tokens) in enumerate(zip(batch.target_positions, batch.target_ids))
-    ]
+def greedy_hits(logits: torch.Tensor, target_ids: Sequence[int]) -> list[bool]:
+    """Per row of kept target logits ``(rows, len(target_ids), vocab)``, whether every target
+    token is the argmax where it is predicted."""
+    tokens = torch.tensor(list(target_ids), device=logits.device)
+    return [bool(row) for row in (logits.argmax(-1) == tokens).all(-1)]
+
+
+def logits_at(torch_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits ``(rows, keep.shape[1], vocab)`` at column ``keep[i, j]`` of row ``i`` only.
+
+    The vocabulary projection is the largest matrix of a model with few layers (and the KL and
+    NLL read a few positions): transformers' ``logits_to_keep`` skips it elsewhere. A model
+    without it, or one that reads a 2-D index otherwise, gets the full logits, gathered."""
+    rows = torch.arange(len(keep), device=keep.device)[:, None]
+    try:
+        logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+        if tuple(logits.shape[:2]) == tuple(keep.shape):
+            return logits
+    except TypeError:  # no logits_to_keep argument
+        pass
+    logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return logits[rows, keep]
+
+
+#: Per model: whether its suffix passes agreed with full passes (checked once, on its first value optimisation).
+_SUFFIX_PASSES_AGREE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Largest relative difference of the kept logits accepted between a suffix and a full pass, per dtype.
+SUFFIX_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+class ForwardPasses:
+    """The forward passes of one ``δ`` optimisation: right-padded ``rows``, ``δ`` added at
+    ``positions[i]`` of row ``i``, logits kept at ``keep[i]``.
+
+    Under causal attention nothing before a row's fact token depends on ``δ``, at any layer. Those
+    tokens run once (:meth:`__init__`: their attention keys and values kept, padding zeroed), and
+    each *suffix pass* runs only the tokens from the fact token on, behind that cache, with their
+    true position ids: for a prompt behind a ten-token prefix about a quarter of the tokens. A
+    model whose cache is not a ``DynamicCache`` or cannot be rebuilt falls back to full passes;
+    :func:`optimise_value` also checks once per model that a suffix pass gives the full pass's
+    logits (:data:`SUFFIX_TOLERANCE`) before relying on it.
+    """
+
+    def __init__(self, torch_model: nn.Module, rows: Sequence[Sequence[int]], positions: Sequence[int],
+                 keep: torch.Tensor, pad_id: int, device: torch.device | str) -> None:
+        self.torch_model = torch_model
+        self.positions = list(positions)
+        input_ids, mask = pad_right(rows, pad_id)
+        self.input_ids, self.attention_mask = input_ids.to(device), mask.to(device)
+        self.keep = keep
+        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if max(self.positions) > 0:
+            try:
+                self._cache_prefixes(rows, pad_id, device)
+            except (TypeError, ValueError, AttributeError, IndexError, RuntimeError):  # a cache we cannot rebuild
+                self.prefix = None
+
+    @torch.no_grad()
+    def _cache_prefixes(self, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> None:
+        from transformers import DynamicCache
+
+        splits = torch.tensor(self.positions, device=device)
+        width = int(splits.max())
+        prefix_mask = (torch.arange(width, device=device)[None, :] < splits[:, None]).long()
+        output = self.torch_model(
+            input_ids=self.input_ids[:, :width], attention_mask=prefix_mask, use_cache=True, logits_to_keep=1
+        )
+        # transformers 5 names the cache ``cache``; earlier versions ``past_key_values``
+        self.cache_argument = "cache" if "cache" in inspect.signature(self.torch_model.forward).parameters else "past_key_values"
+        cache = output["cache"] if "cache" in output else output["past_key_values"]
+        if type(cache) is not DynamicCache:  # sliding-window or hybrid caches: not rebuilt here
+            return
+        padding = ~prefix_mask.bool()
+        prefix = []
+        for entry in cache:
+            keys, values = entry[0], entry[1]
+            if keys is None or keys.shape[0] != len(rows) or keys.shape[-2] != width:
+                return
+            shape = (len(rows),) + (1,) * (keys.dim() - 3) + (width, 1)
+            # a row whose fact token comes first has only padding here: zero it, so no NaN can leak
+            prefix.append((keys.masked_fill(padding.view(shape), 0), values.masked_fill(padding.view(shape), 0)))
+        suffix_ids, suffix_mask = pad_right([row[p:] for row, p in zip(rows, self.positions)], pad_id)
+        self.suffix_ids = suffix_ids.to(device)
+        self.suffix_attention_mask = torch.cat([prefix_mask, suffix_mask.to(device)], dim=1)
+        self.suffix_position_ids = splits[:, None] + torch.arange(suffix_ids.shape[1], device=device)[None, :]
+        self.suffix_keep = self.keep - splits[:, None]
+        self.cache_type = DynamicCache
+        self.prefix = prefix
+
+    @property
+    def can_split(self) -> bool:
+        return self.prefix is not None
+
+    def run(self, module: nn.Module, delta: torch.Tensor, *, suffix: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept logits ``(rows, keep width, vocab)`` with ``δ`` added, and ``module``'s output
+        (before ``δ``) at row 0's fact token."""
+        positions = [0] * len(self.positions) if suffix else self.positions
+        # the capture, registered first, sees the output before δ is added
+        with capture_output(module) as outputs, add_to_output(module, positions, delta):
+            if suffix:
+                logits = self.torch_model(
+                    input_ids=self.suffix_ids, attention_mask=self.suffix_attention_mask,
+                    position_ids=self.suffix_position_ids, use_cache=True, logits_to_keep=self.suffix_keep,
+                    **{self.cache_argument: self.cache_type(ddp_cache_data=self.prefix)},
+                ).logits
+            else:
+                logits = logits_at(self.torch_model, self.input_ids, self.attention_mask, self.keep)
+        return logits, outputs[0][0, positions[0]]
+
+    def suffix_agrees(self, module: nn.Module, width: int) -> bool:
+        """Whether a suffix pass gives a full pass's logits (no gradients, ``δ = 0`` of ``width``)."""
+        delta = torch.zeros(width, device=self.input_ids.device)
+        try:
+            with torch.no_grad():
+                full, _ = self.run(module, delta, suffix=False)
+                logits, _ = self.run(module, delta, suffix=True)
+        except (TypeError, ValueError, AttributeError, IndexError, RuntimeError):
+            return False
+        if logits.shape != full.shape:
+            return False
+        scale = float(full.abs().max()) or 1.0
+        tolerance = SUFFIX_TOLERANCE.get(full.dtype, 5e-2)
+        return float((logits.float() - full.float()).abs().max()) <= tolerance * scale
 
 
 def optimise_value(
     model: Any, module: nn.Module, request: Any, prefixes: Sequence[str], settings: ValueOptimisation
 ) -> OptimisedValue:
-    """Optimise ``δ`` added to ``module``'s output at the fact token (see the module docstring)."""
+    """Optimise ``δ`` added to ``module``'s output at the fact token (see the module docstring).
+
+    Each step is one forward pass with ``δ`` added, logits computed only at the target and KL
+    positions; the first (``δ = 0``) also gives the original output and the KL reference."""
     torch_model, tokenizer = model.torch_model, model.tokenizer
     rewriting = fill_prefixes(prefixes, request.prompt)
     essence = (
@@ -156,35 +278,39 @@ def optimise_value(
     target = build_target_batch(tokenizer, rewriting, [request.target_new] * len(rewriting))
     rows = [row[: int(m.sum())].tolist() for row, m in zip(target.input_ids, target.attention_mask)]
     rows += [text.ids for text in essence]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id_of(tokenizer), dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     n_rewriting = len(rewriting)
+    target_ids = target.target_ids[0]  # every rewriting row has the same target
+    # the kept logit positions per row: a rewriting row's target positions, an essence text's KL positions
+    kept = target.target_positions + [text.kl_positions for text in essence]
+    keep_width = max(len(row) for row in kept)
+    keep = torch.tensor([row + row[-1:] * (keep_width - len(row)) for row in kept], device=model.device)
+    target_tokens = torch.tensor(target_ids, device=model.device)
     kl_rows = torch.tensor([n_rewriting + i for i, t in enumerate(essence) for _ in t.kl_positions], device=model.device)
-    kl_cols = torch.tensor([p for t in essence for p in t.kl_positions], device=model.device)
+    kl_cols = torch.tensor([j for t in essence for j in range(len(t.kl_positions))], device=model.device)
 
     def essence_log_probs(logits: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(logits[kl_rows, kl_cols].float(), dim=-1)
 
     with trainable_only(torch_model, []):  # weights frozen, dropout off
-        with torch.no_grad(), capture_output(module) as outputs:
-            logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        original = outputs[0][0, positions[0]].detach().float()
-        reference = essence_log_probs(logits) if essence else None
-        max_norm = settings.clamp_norm_factor * original.norm()
-
-        delta = torch.zeros_like(original, requires_grad=True)
-        optimizer = torch.optim.Adam([delta], lr=settings.learning_rate)
+        passes = ForwardPasses(torch_model, rows, positions, keep, pad_id_of(tokenizer), model.device)
+        # δ lives in the residual stream, as wide as any MLP's output (ROME's module is one, MEMIT's a block)
+        residual_width = model.adapter.in_out_features(model.adapter.module(torch_model, "mlp_out", 0))[1]
+        delta = torch.zeros(residual_width, device=model.device, requires_grad=True)
+        if passes.can_split and torch_model not in _SUFFIX_PASSES_AGREE:
+            # checked apart from the optimisation, so every request's passes are the same whatever came before
+            _SUFFIX_PASSES_AGREE[torch_model] = passes.suffix_agrees(module, residual_width)
+        suffix = passes.can_split and _SUFFIX_PASSES_AGREE[torch_model]
         nll_value = float("inf")
         for step in range(settings.steps + 1):
-            with add_to_output(module, positions, delta):
-                logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            rewriting_logits = logits[:n_rewriting]
-            nll = torch.stack([-lp.mean() for lp in target_token_logprobs(rewriting_logits, target.to(model.device))]).mean()
+            logits, output = passes.run(module, delta, suffix=suffix)
+            if step == 0:  # δ = 0: this pass is also the unedited model's
+                original = output.detach().float()
+                reference = essence_log_probs(logits).detach() if essence else None
+                max_norm = settings.clamp_norm_factor * original.norm()
+                optimizer = torch.optim.Adam([delta], lr=settings.learning_rate)
+            rewriting_logits = logits[:n_rewriting, : len(target_ids)]
+            log_probs = torch.log_softmax(rewriting_logits.float(), dim=-1)
+            nll = -log_probs.gather(-1, target_tokens.expand(n_rewriting, -1)[..., None]).squeeze(-1).mean(-1).mean()
             nll_value = float(nll.detach())
             if nll_value < settings.stop_nll or step == settings.steps:  # the last pass only measures
                 break
@@ -199,7 +325,7 @@ def optimise_value(
                 norm = delta.norm()
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
-    hits = greedy_hits(rewriting_logits.detach(), target)
+    hits = greedy_hits(rewriting_logits.detach(), target_ids)
     if 2 * sum(hits) < len(hits):
         warnings.warn(
             f"request {request.request_id!r}: after {step} value steps the target is the greedy "

@@ -76,7 +76,7 @@ def test_a_resumed_editor_makes_the_next_edit_bit_for_bit(name):
     state = {key: value.clone() for key, value in journaled.items()}  # as stored in A's record
     moments_after_first = {}
     if name == "alphaedit":
-        moments_after_first = {layer: editor.edited_moment(straight, layer).clone() for layer in layers_of(editor, straight)}
+        moments_after_first = {layer: editor.solver(straight, layer).inverse.clone() for layer in layers_of(editor, straight)}
     editor.edit(straight, [second])
     expected = weights(straight)
 
@@ -87,7 +87,7 @@ def test_a_resumed_editor_makes_the_next_edit_bit_for_bit(name):
     if hasattr(fresh, "restore_state"):
         fresh.restore_state(resumed, [first], state)
     for layer, moment in moments_after_first.items():
-        assert same_bits_fp64(fresh.edited_moment(resumed, layer), moment)
+        assert same_bits_fp64(fresh.solver(resumed, layer).inverse, moment)
     fresh.edit(resumed, [second])
 
     changed = [n for n in expected if not torch.equal(expected[n], after_first[n])]
@@ -121,7 +121,7 @@ def test_alphaedit_journals_only_this_steps_keys():
     state_first = editor.journal_state(model, [first])
     editor.edit(model, [second])
     state_second = editor.journal_state(model, [second])
-    d_in = editor.edited_moment(model, 0).shape[0]
+    d_in = editor.solver(model, 0).inverse.shape[0]
     # n × d_in per layer, whatever the number of earlier edits: storage stays flat
     assert {k: tuple(v.shape) for k, v in state_second.items()} == {"edited_keys.0": (1, d_in), "edited_keys.1": (1, d_in)}
     assert {k: tuple(v.shape) for k, v in state_first.items()} == {k: tuple(v.shape) for k, v in state_second.items()}
@@ -138,7 +138,7 @@ def test_alphaedit_refuses_a_damaged_journal_state():
         editor.restore_state(model, [first], {"edited_keys.0": torch.zeros(1, 64)})
     with pytest.raises(JournalError, match=r"edited_keys.1 has shape \(2, 64\)"):
         editor.restore_state(model, [first], {"edited_keys.0": torch.zeros(1, 64), "edited_keys.1": torch.zeros(2, 64)})
-    assert editor.edited_moment(model, 0) is None  # nothing half-restored
+    assert editor.solver(model, 0).edited_keys == 0  # nothing half-restored
 
 
 # ---- (b) what prepare derives is derived once, from the unedited model ------------------------------
@@ -162,11 +162,11 @@ def test_what_prepare_derives_survives_later_edits(name, monkeypatch):
     monkeypatch.setattr(f"{module}.make_prefixes", refuse("the prefixes"))
     monkeypatch.setattr(LayerStatistics, "_load_or_collect", refuse("the key statistics"))
     if name == "alphaedit":
-        monkeypatch.setattr(f"{module}.nullspace_projector", refuse("the projector"))
+        monkeypatch.setattr(f"{module}.nullspace_basis", refuse("the projector"))
     layers = layers_of(editor, model, [first])
     prefixes = list(editor.prefixes(model))
     moments = {layer: m.mom2.clone() for layer, m in editor.statistics.get(model, layers).items()}
-    projectors = {layer: editor.projector(model, layer).clone() for layer in layers} if name == "alphaedit" else {}
+    projectors = {layer: editor.projector(model, layer).dense() for layer in layers} if name == "alphaedit" else {}
 
     editor.edit(model, [first])
     editor.edit(model, [second])
@@ -175,7 +175,7 @@ def test_what_prepare_derives_survives_later_edits(name, monkeypatch):
     assert editor.prefixes(model) == prefixes
     assert all(torch.equal(editor.statistics.get(model, layers)[layer].mom2, moments[layer]) for layer in layers)
     assert all(editor.statistics.last_sources[layer] == "memory" for layer in layers)
-    assert all(torch.equal(editor.projector(model, layer), projectors[layer]) for layer in projectors)
+    assert all(torch.equal(editor.projector(model, layer).dense(), projectors[layer]) for layer in projectors)
 
     # derived again from the edited model they would differ, so the checks above can fail
     config = editor.config

@@ -1,0 +1,307 @@
+"""Editing at real layer widths: seconds per edit and memory, easyetcon beside EasyEdit.
+
+Random 2-layer Llama models (fp32, heads of 64 dimensions, the tiny test tokenizer, 128
+positions) at hidden 1024, 2048 and 4096 with MLP 4 × hidden: the widths of Llama-3.2-1B's and
+Llama-3-8B's layers. Per width, one process (``--width-child``, so memory is measured from a clean
+start) builds the model and the key-statistics texts, then
+
+* prepares each editor once (layer, prefixes, statistics, factorisation or projector: the
+  one-time cost, reported apart), and EasyEdit's ROME / AlphaEdit too with ``--easyedit PATH``;
+* times ``--edits`` edits per editor, one request each, the weights restored after every edit,
+  EasyEdit's edits interleaved with ours (ours, EasyEdit, ours, ...) on the same model and requests;
+* records the resident memory: what prepare added and the peak above the baseline during an edit
+  (a sampling thread reads ``/proc/self/statm`` every 5 ms).
+
+Matched settings (EasyEdit's names in brackets; :data:`easyedit_side.EASYEDIT_SETTINGS` lists them
+all): layer 0 [``layers``], ``--steps`` Adam steps of the value [``v_num_grad_steps = steps + 1``,
+the same passes], the same learning rate, clamp and KL factor, the same five fixed prefixes
+[``context_templates``], key statistics over the same random-token texts (about 1.25 × d_ff tokens,
+so ``C`` is full rank) [``mom2_n_samples``, fp32]; AlphaEdit with the absolute null-space rule at
+EasyEdit's threshold. What cannot be matched: EasyEdit's weight decay is ``wd·‖δ‖/‖v‖²`` (ours
+``(‖δ‖/‖v‖)²``) and it stops when its total loss is below 0.05 (ours: target NLL below
+``stop_nll``); the number of value passes each side ran is recorded. AlphaEdit is left out at hidden
+4096 by default: both sides' projector is a 16384 × 16384 eigen/singular value decomposition, tens of
+minutes on one CPU thread.
+
+Also measured, ours only: MEMIT, FT-M, TPSFT (one round) and one GRPO step; the statistics
+collection against a plain forward pass over the same texts (same batches); and ROME without
+statistics (``use_covariance: false``), for the cost of the statistics within an edit.
+
+Run (one thread, nothing else running)::
+
+    OMP_NUM_THREADS=1 python benchmarks/width.py --out benchmarks/results/width.json
+    OMP_NUM_THREADS=1 python benchmarks/width.py --easyedit /path/to/EasyEdit --out benchmarks/results/width.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+import json
+import os
+import statistics as stats
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ALL_EDITORS = ("rome", "rome-no-covariance", "memit", "alphaedit", "ft-m", "tpsft", "grpo")
+#: Five fixed prefixes (ours "fixed"), given to EasyEdit as its context templates.
+PREFIX_COUNT = 5
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """The largest resident size seen since :meth:`reset`, sampled every few milliseconds."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.peak, self._stop = interval, resident_bytes(), False
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(self.interval)
+
+    def reset(self) -> int:
+        self.peak = now = resident_bytes()
+        return now
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+
+
+def requests_for(count: int) -> list[Any]:
+    from easyetcon.requests import EditRequest
+
+    subjects = ["The Eiffel Tower", "Mount Kilimanjaro", "The Danube", "Lake Baikal", "The Colosseum", "Table Mountain"]
+    targets = ["Rome", "Oslo", "Lima", "Cairo", "Quito", "Hanoi"]
+    return [
+        EditRequest(prompt=f"{subjects[i % 6]} is located in", subject=subjects[i % 6], target_new=targets[i % 6], case_id=f"width-{i}")
+        for i in range(count)
+    ]
+
+
+def our_options(name: str, steps: int, texts: int) -> dict[str, Any]:
+    statistics = {"samples": texts, "max_length": 128, "batch_size": 16, "cache": False, "progress": False}
+    values = {"steps": steps, "prefixes": PREFIX_COUNT, "prefix_source": "fixed", "kl_factor": 0.0625}
+    if name == "rome":
+        return {**values, "layer": 0, "learning_rate": 0.5, "clamp_norm_factor": 4.0, "statistics": statistics}
+    if name == "rome-no-covariance":
+        return {**values, "layer": 0, "learning_rate": 0.5, "clamp_norm_factor": 4.0, "use_covariance": False}
+    if name == "memit":
+        return {**values, "layers": [0], "learning_rate": 0.5, "statistics": statistics}
+    if name == "alphaedit":
+        return {**values, "layers": [0], "learning_rate": 0.1, "clamp_norm_factor": 0.75, "nullspace_rule": "absolute",
+                "nullspace_threshold": 2e-2, "l2": 1e-3, "statistics": statistics}
+    if name == "ft-m":
+        return {"layers": [0], "steps": steps}
+    if name == "tpsft":
+        return {"rounds": 1, "steps_per_round": steps, "weights": {"layers": [0]}}
+    if name == "grpo":
+        return {"steps": 1, "group_size": 4, "prompts_per_step": 1, "max_completion_tokens": 8, "weights": {"layers": [0]},
+                "question_template": "Question: {prompt}? Answer:"}
+    raise ValueError(name)
+
+
+def texts_for(tokenizer: Any, intermediate: int) -> list[str]:
+    from easyedit_side import random_texts
+
+    length = 120
+    return random_texts(tokenizer, -(-5 * intermediate // (4 * length)), length)
+
+
+def plain_forward_seconds(model: Any, texts: list[str], batch_size: int) -> float:
+    """A plain forward pass over ``texts``, batched as the statistics batch them (by length)."""
+    from easyetcon_intrinsic.covariance import plan_batches
+
+    tokenizer = model.tokenizer
+    started = time.perf_counter()
+    encoded = [tokenizer(text, truncation=True, max_length=128)["input_ids"] for text in texts]
+    with torch.no_grad():
+        for batch in plan_batches([len(ids) for ids in encoded], batch_size):
+            rows = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+            model.torch_model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], use_cache=False)
+    return time.perf_counter() - started
+
+
+def width_child(args: argparse.Namespace) -> dict[str, Any]:
+    from easyedit_side import random_llama
+
+    from easyetcon.chain import EditChain
+    from easyetcon.model import EditableModel
+    from easyetcon.plugins import get_host
+    from easyetcon.testing.tiny import tiny_tokenizer
+
+    torch.set_num_threads(args.threads)
+    memory = PeakMemory()
+    hidden = args.width_child
+    intermediate = 4 * hidden
+    tokenizer = tiny_tokenizer()
+    torch_model = random_llama(hidden, intermediate, tokenizer)
+    registry = get_host().registry
+    model = EditableModel(torch_model, tokenizer, registry=registry)
+    texts = texts_for(tokenizer, intermediate)
+    requests = requests_for(args.edits)
+    result: dict[str, Any] = {
+        "hidden": hidden, "intermediate": intermediate, "threads": torch.get_num_threads(), "steps": args.steps,
+        "statistics_texts": len(texts), "model_resident_bytes": resident_bytes(), "editors": {},
+    }
+    editors = [e for e in args.editors if not (e == "alphaedit" and hidden > args.alphaedit_max_hidden)]
+
+    ee = None
+    if args.easyedit:
+        import easyedit_side as side
+
+        ee = side.load_easyedit(args.easyedit)
+        result["easyedit"] = {"path": str(args.easyedit), "commit": side.easyedit_commit(ee)}
+
+    def measure(run: Any) -> tuple[float, int]:
+        baseline = memory.reset()
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+        return seconds, memory.peak - baseline
+
+    for name in editors:
+        entry: dict[str, Any] = {"options": our_options(name, args.steps, len(texts))}
+        editor_name = "rome" if name == "rome-no-covariance" else name
+        chained = name in ("tpsft", "grpo")
+        if chained:
+            chain = EditChain([(editor_name, entry["options"])])
+            editor = None
+            prepare = lambda: None  # noqa: E731 (the chain prepares in apply; TPSFT and GRPO derive little)
+        else:
+            editor = registry.editor(editor_name).create(entry["options"])
+            if hasattr(editor, "statistics"):
+                editor.statistics.use_texts(texts)
+            prepare = lambda editor=editor: editor.prepare(model, requests[:1]) if hasattr(editor, "prepare") else None  # noqa: E731
+        before = resident_bytes()
+        entry["prepare_seconds"], _ = measure(prepare)
+        entry["prepare_added_bytes"] = resident_bytes() - before
+
+        side_name = {"rome": "rome", "alphaedit": "alphaedit"}.get(name) if ee is not None else None
+        theirs: dict[str, Any] = {}
+        if side_name:
+            import easyedit_side as side
+
+            settings = side.EditSettings(
+                layer=0, steps=args.steps, mom2_n_samples=len(texts), prefixes=editor.prefixes(model),
+                kl_factor=0.0625, **(
+                    {"learning_rate": 0.5, "clamp_norm_factor": 4.0, "weight_decay": 1e-3} if side_name == "rome"
+                    else {"learning_rate": 0.1, "clamp_norm_factor": 0.75, "weight_decay": 0.5, "nullspace_threshold": 2e-2, "l2": 1.0}
+                ),
+            )
+            prepare_theirs = side.prepare_rome if side_name == "rome" else side.prepare_alphaedit
+            before = resident_bytes()
+            theirs["prepare_seconds"], _ = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts))
+            theirs["prepare_added_bytes"] = resident_bytes() - before
+            theirs["settings"] = settings.__dict__
+            theirs["seconds"], theirs["edit_peak_bytes"], theirs["value_passes"] = [], [], []
+        entry["seconds"], entry["edit_peak_bytes"] = [], []
+        for request in requests:
+            if chained:
+                outcome: dict[str, Any] = {}
+
+                def run(request=request, outcome=outcome) -> None:
+                    outcome["result"] = chain.apply(model, [request])
+
+                seconds, peak = measure(run)
+                outcome["result"].undo(model)
+            else:
+                names = editor.weights_to_edit(model, [request])
+                saved = {n: model.parameter(n).detach().clone() for n in names}
+                seconds, peak = measure(lambda request=request: editor.edit(model, [request]))
+                with torch.no_grad():
+                    for n, value in saved.items():
+                        model.parameter(n).copy_(value)
+                del saved
+            entry["seconds"].append(seconds)
+            entry["edit_peak_bytes"].append(peak)
+            if side_name:
+                run_theirs = side.easyedit_rome if side_name == "rome" else side.easyedit_alphaedit
+                info: dict[str, Any] = {}
+                baseline = memory.reset()
+                theirs["seconds"].append(run_theirs(ee, torch_model, tokenizer, request, settings, texts=texts, info=info))
+                theirs["edit_peak_bytes"].append(memory.peak - baseline)
+                theirs["value_passes"].append(info.get("value_passes"))
+        entry["seconds_per_edit"] = stats.median(entry["seconds"])
+        if side_name:
+            theirs["seconds_per_edit"] = stats.median(theirs["seconds"])
+            entry["easyedit"] = theirs
+            entry["ratio_to_easyedit"] = entry["seconds_per_edit"] / theirs["seconds_per_edit"]
+            side.release(ee, torch_model)
+        if editor is not None and hasattr(editor, "statistics") and name != "rome-no-covariance":
+            entry["statistics_seconds"] = statistics_seconds(model, editor_name, entry["options"], texts)
+        result["editors"][name] = entry
+        line = f"hidden {hidden}: {name} {entry['seconds_per_edit']:.2f} s per edit, prepare {entry['prepare_seconds']:.1f} s"
+        if side_name:
+            line += f"; EasyEdit {theirs['seconds_per_edit']:.2f} s (ratio {entry['ratio_to_easyedit']:.2f}), prepare {theirs['prepare_seconds']:.1f} s"
+        print(line, flush=True)
+        del editor
+    if any(name in result["editors"] and "statistics_seconds" in result["editors"][name] for name in ("rome", "memit")):
+        result["plain_forward_seconds"] = plain_forward_seconds(model, texts, 16)
+    memory.close()
+    return result
+
+
+def statistics_seconds(model: Any, editor_name: str, options: dict[str, Any], texts: list[str]) -> float:
+    """Collecting the editor's key statistics alone, afresh (no memo, no cache)."""
+    from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+
+    config = StatisticsConfig(**options["statistics"])
+    statistics = LayerStatistics(config)
+    statistics.use_texts(texts)
+    started = time.perf_counter()
+    statistics.get(model, [0])
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--editors", nargs="+", default=list(ALL_EDITORS), choices=ALL_EDITORS)
+    parser.add_argument("--edits", type=int, default=3, help="timed edits per editor (the median is reported)")
+    parser.add_argument("--steps", type=int, default=5, help="value / training steps per edit")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--alphaedit-max-hidden", type=int, default=2048, help="AlphaEdit only up to this hidden width")
+    parser.add_argument("--easyedit", type=Path, help="a local EasyEdit checkout: also time its ROME and AlphaEdit")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--width-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    if args.width_child:
+        warnings.simplefilter("ignore")  # edits of random models rarely reach their targets; that is not measured here
+        print("RESULT " + json.dumps(width_child(args)), flush=True)
+        return
+    results = {"command": " ".join(sys.argv), "widths": []}
+    for hidden in args.hidden:
+        command = [sys.executable, str(Path(__file__).resolve()), "--width-child", str(hidden), "--edits", str(args.edits),
+                   "--steps", str(args.steps), "--threads", str(args.threads), "--alphaedit-max-hidden",
+                   str(args.alphaedit_max_hidden), "--editors", *args.editors]
+        if args.easyedit:
+            command += ["--easyedit", str(args.easyedit)]
+        output = subprocess.run(command, check=True, capture_output=False, stdout=subprocess.PIPE, text=True).stdout
+        for line in output.splitlines():
+            if line.startswith("RESULT "):
+                results["widths"].append(json.loads(line[len("RESULT "):]))
+            else:
+                print(line, flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The per-edit solves at real-width cost: factorised once, checked in fp64, equal to the direct solves."""
+
+import pytest
+import torch
+from easyetcon_intrinsic import solve
+from easyetcon_intrinsic.solve import (
+    FactoredCovariance,
+    NullSpaceSolver,
+    least_squares_factors,
+    nullspace_basis,
+    nullspace_projector,
+    projected_factors,
+    rank_one_factors,
+    regularised,
+)
+
+from easyetcon.plugins import get_host
+from easyetcon.testing import tiny_model
+from tests.intrinsic.helpers import STRONG_VALUES, subject_final_requests
+
+
+def second_moment(d, *, condition=1e2, seed=0, samples=400):
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, -0.5 * torch.log10(torch.tensor(condition)).item(), d)
+    rows = torch.randn(samples, d, generator=generator, dtype=torch.float64) * scales
+    return (rows.T @ rows / samples).float()  # fp32, as the statistics store it
+
+
+def relative(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("condition", [1e2, 1e6])
+def test_factored_solve_matches_the_fp64_solve(condition):
+    C = second_moment(48, condition=condition)
+    solver = FactoredCovariance(C, ridge=1e-4)
+    rhs = torch.randn(48, 3, dtype=torch.float64)
+    exact = torch.linalg.solve(regularised(C, 1e-4), rhs)
+    assert relative(solver.solve(rhs), exact) < 1e-8
+    assert relative(solver.solve(rhs[:, 0]), exact[:, 0]) < 1e-8
+    assert solver.factor is not None
+
+
+def test_an_inaccurate_fp32_factor_is_redone_in_fp64(monkeypatch):
+    C = second_moment(32, condition=1e4)
+    solver = FactoredCovariance(C, ridge=1e-6)
+    assert solver.factor.dtype == torch.float32
+    monkeypatch.setattr(solve, "REFINEMENT_STEPS", 0)  # no corrections: fp32 alone misses 1e-9
+    monkeypatch.setattr(solve, "RESIDUAL_TOLERANCE", 1e-12)
+    rhs = torch.randn(32, dtype=torch.float64)
+    x = solver.solve(rhs)
+    assert solver.factor.dtype == torch.float64
+    assert relative(x, torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-9
+
+
+def test_a_singular_covariance_falls_back_to_the_dense_solve():
+    C = torch.zeros(8, 8)
+    C[0, 0] = 1.0
+    solver = FactoredCovariance(C)  # positive semi-definite, no Cholesky factor
+    assert solver.factor is None
+    keys, residuals = torch.randn(8, 8), torch.randn(8, 3)
+    left, right = least_squares_factors(keys, residuals, solver, 1.0)
+    A = C.double() + keys.double().T @ keys.double()
+    assert relative(right, torch.linalg.solve(A, keys.double().T).T) < 1e-10
+
+
+@pytest.mark.parametrize("weight", [1.0, 15000.0])
+def test_memit_woodbury_equals_the_dense_normal_equations(weight):
+    C = second_moment(40, condition=1e4)
+    keys, residuals = torch.randn(5, 40), torch.randn(5, 7)
+    left, right = least_squares_factors(keys, residuals, FactoredCovariance(C, weight=weight), weight)
+    A = weight * C.double() + keys.double().T @ keys.double()
+    assert relative(right, torch.linalg.solve(A, keys.double().T).T) < 1e-8
+    assert torch.equal(left, residuals.double().T)
+
+
+def test_rome_factor_reused_gives_the_direct_update():
+    C = second_moment(40)
+    key, residual = torch.randn(40), torch.randn(9)
+    shared = FactoredCovariance(C, ridge=1e-3)
+    _, right = rank_one_factors(key, residual, shared)
+    u = torch.linalg.solve(regularised(C, 1e-3), key.double())
+    assert relative(right[0], u / torch.dot(u, key.double())) < 1e-8
+    assert abs(float(right[0] @ key.double()) - 1.0) < 1e-12  # (W + Δ) k = W k + r, whatever u
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.999])  # a small and a large null space: both bases
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_null_space_solver_tracks_the_direct_solve_over_sequential_edits(fraction, weight):
+    C = second_moment(36, condition=1e3)
+    projector = nullspace_basis(C, energy_fraction=fraction)
+    assert projector.basis.shape[1] <= 18  # the smaller basis is kept
+    P = nullspace_projector(C, energy_fraction=fraction)
+    assert torch.allclose(projector.dense(), P, atol=1e-12)
+    solver = NullSpaceSolver(projector, 1e-2, C, weight)
+    earlier = None
+    for _ in range(5):
+        keys, residuals = torch.randn(2, 36), torch.randn(2, 6)
+        _, right = solver.factors(keys, residuals)
+        _, expected = projected_factors(keys, residuals, P, earlier, l2=1e-2, covariance=C, covariance_weight=weight)
+        assert relative(right, expected) < 1e-9
+        solver.add_keys(keys)
+        moment = keys.double().T @ keys.double()
+        earlier = moment if earlier is None else earlier + moment
+    assert solver.edited_keys == 10
+
+
+def big_solves_refused(monkeypatch, largest):
+    """From here on, any dense solve or inverse of a matrix wider than ``largest`` fails the test."""
+    for name in ("solve", "inv", "cholesky_ex", "eigh"):
+        real = getattr(torch.linalg, name)
+
+        def guarded(matrix, *args, _real=real, _name=name, **kwargs):
+            if matrix.dim() == 2 and matrix.shape[0] > largest:
+                raise AssertionError(f"torch.linalg.{_name} of a {tuple(matrix.shape)} matrix during an edit")
+            return _real(matrix, *args, **kwargs)
+
+        monkeypatch.setattr(torch.linalg, name, guarded)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("rome", {"layer": 0}),
+    ("memit", {"layers": [0, 1], "covariance_weight": 1.0}),
+    ("alphaedit", {"layers": [0, 1], "learning_rate": 0.5, "covariance_weight": 0.5}),
+])
+def test_editors_solve_no_d_by_d_system_per_edit(name, options, monkeypatch):
+    model = tiny_model("llama", registry=get_host().registry)
+    editor = get_host().registry.editor(name).create({**STRONG_VALUES, **options})
+    first, second = subject_final_requests()
+    before = {n: p.detach().clone() for n, p in model.torch_model.named_parameters()}
+    editor.prepare(model, [first])
+    big_solves_refused(monkeypatch, largest=2)
+    editor.edit(model, [first])
+    editor.edit(model, [second])
+    changed = [n for n, p in model.torch_model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed
