@@ -424,6 +424,24 @@ def prepare_rome(
     return seconds
 
 
+def easyedit_statistics_seconds(
+    ee: EasyEdit, model: Any, tokenizer: Any, settings: EditSettings | Mapping[str, Any] | None, texts: Sequence[str],
+) -> float:
+    """Seconds of EasyEdit's ``layer_stats`` alone (ROME's second moment of ``down_proj``'s input at
+    ``settings.layer`` over ``texts``), recomputed (``force_recompute``), without the inverse."""
+    s = EditSettings.of(settings)
+    hparams = rome_hparams(ee, model, s)
+    started = time.perf_counter()
+    with _captured_stdout(), _texts(ee, texts), _grad_flags_kept(model), torch.no_grad():
+        ee.layer_stats.layer_stats(
+            model, tokenizer, hparams.rewrite_module_tmp.format(s.layer), hparams.stats_dir, hparams.mom2_dataset,
+            to_collect=["mom2"], sample_size=hparams.mom2_n_samples, precision=hparams.mom2_dtype,
+            force_recompute=True, hparams=hparams,
+        )
+        _synchronise(model)
+    return time.perf_counter() - started
+
+
 def prepare_alphaedit(
     ee: EasyEdit, model: Any, tokenizer: Any, settings: EditSettings | Mapping[str, Any] | None,
     texts: Sequence[str] | None = None, *, projector_device: str | None = None,

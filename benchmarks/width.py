@@ -7,7 +7,7 @@ start) builds the model and the key-statistics texts, then
 
 * prepares each editor once (layer, prefixes, statistics, factorisation or projector: the
   one-time cost, reported apart), and EasyEdit's ROME / AlphaEdit too with ``--easyedit PATH``;
-* times ``--edits`` edits per editor, one request each, the weights restored after every edit,
+* times ``--edits`` edits per editor after ``--warmup`` untimed ones, one request each, the weights restored after every edit,
   EasyEdit's edits interleaved with ours (ours, EasyEdit, ours, ...) on the same model and requests;
 * records the resident memory: what prepare added and the peak above the baseline during an edit
   (a sampling thread reads ``/proc/self/statm`` every 5 ms).
@@ -153,7 +153,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
     registry = get_host().registry
     model = EditableModel(torch_model, tokenizer, registry=registry)
     texts = texts_for(tokenizer, intermediate)
-    requests = requests_for(args.edits)
+    requests = requests_for(args.warmup + args.edits)
     result: dict[str, Any] = {
         "hidden": hidden, "intermediate": intermediate, "threads": torch.get_num_threads(), "steps": args.steps,
         "statistics_texts": len(texts), "model_resident_bytes": resident_bytes(), "editors": {},
@@ -210,7 +210,8 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
             theirs["settings"] = settings.__dict__
             theirs["seconds"], theirs["edit_peak_bytes"], theirs["value_passes"] = [], [], []
         entry["seconds"], entry["edit_peak_bytes"] = [], []
-        for request in requests:
+        for index, request in enumerate(requests):
+            warmup = index < args.warmup  # first-use work (e.g. the once-per-model suffix-pass check) is not an edit's
             if chained:
                 outcome: dict[str, Any] = {}
 
@@ -227,23 +228,28 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
                     for n, value in saved.items():
                         model.parameter(n).copy_(value)
                 del saved
-            entry["seconds"].append(seconds)
-            entry["edit_peak_bytes"].append(peak)
+            if not warmup:
+                entry["seconds"].append(seconds)
+                entry["edit_peak_bytes"].append(peak)
             if side_name:
                 run_theirs = side.easyedit_rome if side_name == "rome" else side.easyedit_alphaedit
                 info: dict[str, Any] = {}
                 baseline = memory.reset()
-                theirs["seconds"].append(run_theirs(ee, torch_model, tokenizer, request, settings, texts=texts, info=info))
-                theirs["edit_peak_bytes"].append(memory.peak - baseline)
-                theirs["value_passes"].append(info.get("value_passes"))
+                seconds = run_theirs(ee, torch_model, tokenizer, request, settings, texts=texts, info=info)
+                if not warmup:
+                    theirs["seconds"].append(seconds)
+                    theirs["edit_peak_bytes"].append(memory.peak - baseline)
+                    theirs["value_passes"].append(info.get("value_passes"))
         entry["seconds_per_edit"] = stats.median(entry["seconds"])
         if side_name:
             theirs["seconds_per_edit"] = stats.median(theirs["seconds"])
             entry["easyedit"] = theirs
             entry["ratio_to_easyedit"] = entry["seconds_per_edit"] / theirs["seconds_per_edit"]
             side.release(ee, torch_model)
-        if editor is not None and hasattr(editor, "statistics") and name != "rome-no-covariance":
+        if editor is not None and hasattr(editor, "statistics") and name != "rome-no-covariance" and hidden <= args.statistics_max_hidden:
             entry["statistics_seconds"] = statistics_seconds(model, editor_name, entry["options"], texts)
+            if side_name == "rome":
+                theirs["statistics_seconds"] = side.easyedit_statistics_seconds(ee, torch_model, tokenizer, settings, texts)
         result["editors"][name] = entry
         line = f"hidden {hidden}: {name} {entry['seconds_per_edit']:.2f} s per edit, prepare {entry['prepare_seconds']:.1f} s"
         if side_name:
@@ -268,39 +274,96 @@ def statistics_seconds(model: Any, editor_name: str, options: dict[str, Any], te
     return time.perf_counter() - started
 
 
+def merge_width(results: dict[str, Any], width: dict[str, Any]) -> None:
+    for known in results["widths"]:
+        if known["hidden"] == width["hidden"]:
+            editors = {**known["editors"], **width["editors"]}
+            known.update(width)
+            known["editors"] = editors
+            return
+    results["widths"].append(width)
+    results["widths"].sort(key=lambda entry: entry["hidden"])
+
+
+def megabytes(value: float) -> str:
+    return f"{value / 2**20:,.0f} MB"
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown tables of a results file: per-edit seconds, one-time seconds, memory."""
+    lines = ["| hidden / MLP | editor | s per edit | EasyEdit | ratio | one-time s (EasyEdit) | prepare adds | edit peak (EasyEdit) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for width in results["widths"]:
+        for name, entry in width["editors"].items():
+            theirs = entry.get("easyedit")
+            lines.append(
+                f"| {width['hidden']} / {width['intermediate']} | {name} | {entry['seconds_per_edit']:.2f} | "
+                + (f"{theirs['seconds_per_edit']:.2f} | {entry['ratio_to_easyedit']:.2f} | " if theirs else "– | – | ")
+                + f"{entry['prepare_seconds']:.1f}" + (f" ({theirs['prepare_seconds']:.1f})" if theirs else "") + " | "
+                + f"{megabytes(entry['prepare_added_bytes'])} | {megabytes(max(entry['edit_peak_bytes']))}"
+                + (f" ({megabytes(max(theirs['edit_peak_bytes']))})" if theirs else "") + " |"
+            )
+    lines += ["", "| hidden / MLP | statistics s | EasyEdit's | ratio | plain forward s | ratio | ROME with / without statistics |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for width in results["widths"]:
+        editors = width["editors"]
+        rome = editors.get("rome", {})
+        if "statistics_seconds" not in rome:
+            continue
+        theirs = rome.get("easyedit", {}).get("statistics_seconds")
+        plain = width.get("plain_forward_seconds")
+        without = editors.get("rome-no-covariance", {}).get("seconds_per_edit")
+        lines.append(
+            f"| {width['hidden']} / {width['intermediate']} | {rome['statistics_seconds']:.1f} | "
+            + (f"{theirs:.1f} | {rome['statistics_seconds'] / theirs:.2f} | " if theirs else "– | – | ")
+            + (f"{plain:.1f} | {rome['statistics_seconds'] / plain:.2f} | " if plain else "– | – | ")
+            + (f"{rome['seconds_per_edit'] / without:.2f} |" if without else "– |")
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--editors", nargs="+", default=list(ALL_EDITORS), choices=ALL_EDITORS)
     parser.add_argument("--edits", type=int, default=3, help="timed edits per editor (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed edits per editor before the timed ones")
     parser.add_argument("--steps", type=int, default=5, help="value / training steps per edit")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--alphaedit-max-hidden", type=int, default=2048, help="AlphaEdit only up to this hidden width")
+    parser.add_argument("--statistics-max-hidden", type=int, default=2048, help="time statistics collection alone up to this width")
     parser.add_argument("--easyedit", type=Path, help="a local EasyEdit checkout: also time its ROME and AlphaEdit")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--report", type=Path, help="print the tables of a results file and stop")
     parser.add_argument("--width-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return
     sys.path.insert(0, str(HERE))
     if args.width_child:
         warnings.simplefilter("ignore")  # edits of random models rarely reach their targets; that is not measured here
         print("RESULT " + json.dumps(width_child(args)), flush=True)
         return
-    results = {"command": " ".join(sys.argv), "widths": []}
+    # an existing --out file is extended: new widths are added, new editors merged into known widths
+    results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {"commands": [], "widths": []}
+    results.setdefault("commands", []).append(" ".join(sys.argv[1:]))
     for hidden in args.hidden:
-        command = [sys.executable, str(Path(__file__).resolve()), "--width-child", str(hidden), "--edits", str(args.edits),
+        command = [sys.executable, str(Path(__file__).resolve()), "--width-child", str(hidden), "--edits", str(args.edits), "--warmup", str(args.warmup),
                    "--steps", str(args.steps), "--threads", str(args.threads), "--alphaedit-max-hidden",
-                   str(args.alphaedit_max_hidden), "--editors", *args.editors]
+                   str(args.alphaedit_max_hidden), "--statistics-max-hidden", str(args.statistics_max_hidden), "--editors", *args.editors]
         if args.easyedit:
             command += ["--easyedit", str(args.easyedit)]
         output = subprocess.run(command, check=True, capture_output=False, stdout=subprocess.PIPE, text=True).stdout
         for line in output.splitlines():
             if line.startswith("RESULT "):
-                results["widths"].append(json.loads(line[len("RESULT "):]))
+                merge_width(results, json.loads(line[len("RESULT "):]))
             else:
                 print(line, flush=True)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
+    print(report(results))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class EditableModel:
         if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
             raise FloatingPointError(f"the update of {name!r} is not finite; lower the learning rate or add a ridge")
         with torch.no_grad():
-            parameter.copy_(add_low_rank_to(parameter.detach(), left, right))
+            add_low_rank_to(parameter.detach(), left, right, out=parameter.detach())
         for listener in list(self._low_rank_listeners):
             listener(name, left, right)
 

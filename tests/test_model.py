@@ -65,3 +65,23 @@ def test_prompt_rewriters_apply_in_order_and_can_be_bypassed(toy_host):
     assert len(expected) == len(predicted_plain)
     model.remove_prompt_rewriter("a")
     assert model.rewrite_prompts(["x"]) == ["x B"]
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_rank_updates_are_done_in_row_blocks_with_the_bits_of_the_whole(rank, dtype, monkeypatch):
+    from easyetcon import records
+
+    torch.manual_seed(0)
+    weight = torch.randn(37, 11).to(dtype)
+    original = weight.clone()
+    left, right = torch.randn(37, rank), torch.randn(rank, 11)
+    whole = (weight.double() + left.double() @ right.double()).to(dtype)
+    monkeypatch.setattr(records, "LOW_RANK_BLOCK_ELEMENTS", 50)  # blocks of 4 rows
+    blocked = records.add_low_rank_to(weight, left, right)
+    assert torch.equal(blocked.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                       whole.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+    in_place = weight.clone()
+    records.add_low_rank_to(in_place, left, right, out=in_place)
+    assert torch.equal(in_place, blocked)
+    assert torch.equal(weight, original)  # the input is untouched without out=

@@ -140,10 +140,10 @@ def add_to_output(module: nn.Module, positions: Sequence[int], delta: torch.Tens
         handle.remove()
 
 
-def run_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """A forward pass that may be ended early by :class:`StopForward`."""
+def run_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any) -> None:
+    """A forward pass that may be ended early by :class:`StopForward` (``use_cache=False`` unless ``inputs`` say otherwise)."""
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, **{"use_cache": False, **inputs})
     except StopForward:
         pass
 

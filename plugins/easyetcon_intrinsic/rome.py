@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
-from easyetcon_intrinsic.keys import fact_keys, make_prefixes
+from easyetcon_intrinsic.keys import make_prefixes
 from easyetcon_intrinsic.layers import resolve_layers
 from easyetcon_intrinsic.solve import FactorisationCache, FactoredCovariance, add_to_weight, rank_one_factors
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
@@ -136,8 +136,9 @@ class Rome:
         module = model.adapter.module(model.torch_model, "mlp_out", layer)
         settings = ValueOptimisation.from_config(self.config)
         for request in requests:
-            key = fact_keys(model, layer, [request], prefixes, self.config.fact_token)[0]  # k*, averaged over prefixes
-            value = optimise_value(model, module, request, prefixes, settings)
+            # k*, averaged over prefixes, read in the value optimisation's first pass
+            value = optimise_value(model, module, request, prefixes, settings, key_module=module)
+            key = value.key
             # v* = W k* + δ, so the residual v* − W k* is δ: k* on both sides of the update.
             left, right = rank_one_factors(key, value.delta, covariance)
             add_to_weight(model, layer, left, right)

@@ -17,6 +17,7 @@ and after every step ``‖δ‖`` is clamped to ``clamp_norm_factor × ‖v‖``
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import warnings
@@ -28,9 +29,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from easyetcon.errors import EasyEtconError
 from easyetcon.text import build_target_batch
 from easyetcon.training import trainable_only
-from easyetcon_intrinsic.keys import FactToken, add_to_output, capture_output, fact_positions, fill_prefixes, pad_id_of, pad_right
+from easyetcon_intrinsic.keys import (
+    FactToken,
+    add_to_output,
+    capture_input,
+    capture_output,
+    fact_positions,
+    fill_prefixes,
+    pad_id_of,
+    pad_right,
+    run_forward,
+)
 
 
 class EditNotReachedWarning(UserWarning):
@@ -70,11 +82,14 @@ class ValueOptimisation:
 
 @dataclass
 class OptimisedValue:
-    """``delta``: the output change; ``original``: the output at the bare prompt's subject; ``nll``: final target NLL."""
+    """``delta``: the output change; ``original``: the output at the bare prompt's subject; ``nll``:
+    final target NLL; ``key``: with ``key_module``, its input at the fact token averaged over the
+    prefixes (what :func:`~.keys.fact_keys` gives, read from the first pass instead of another)."""
 
     delta: torch.Tensor
     original: torch.Tensor
     nll: float
+    key: torch.Tensor | None = None
 
 
 @dataclass
@@ -177,8 +192,9 @@ class ForwardPasses:
     """
 
     def __init__(self, torch_model: nn.Module, rows: Sequence[Sequence[int]], positions: Sequence[int],
-                 keep: torch.Tensor, pad_id: int, device: torch.device | str) -> None:
+                 keep: torch.Tensor, pad_id: int, device: torch.device | str, stop_module: nn.Module | None = None) -> None:
         self.torch_model = torch_model
+        self.stop_module = stop_module  # the last layer's attention output projection, if the adapter names it
         self.positions = list(positions)
         input_ids, mask = pad_right(rows, pad_id)
         self.input_ids, self.attention_mask = input_ids.to(device), mask.to(device)
@@ -197,14 +213,15 @@ class ForwardPasses:
         splits = torch.tensor(self.positions, device=device)
         width = int(splits.max())
         prefix_mask = (torch.arange(width, device=device)[None, :] < splits[:, None]).long()
-        output = self.torch_model(
-            input_ids=self.input_ids[:, :width], attention_mask=prefix_mask, use_cache=True, logits_to_keep=1
-        )
         # transformers 5 names the cache ``cache``; earlier versions ``past_key_values``
         self.cache_argument = "cache" if "cache" in inspect.signature(self.torch_model.forward).parameters else "past_key_values"
-        cache = output["cache"] if "cache" in output else output["past_key_values"]
-        if type(cache) is not DynamicCache:  # sliding-window or hybrid caches: not rebuilt here
-            return
+        cache = DynamicCache()
+        # the keys and values are all that is needed: the pass ends at the last attention's output projection
+        with capture_input(self.stop_module, stop=True) if self.stop_module is not None else contextlib.nullcontext():
+            run_forward(self.torch_model, self.input_ids[:, :width], prefix_mask,
+                        use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
+        if any(type(layer).__name__ != "DynamicLayer" for layer in getattr(cache, "layers", [])):
+            return  # sliding-window or hybrid layers: not rebuilt here
         padding = ~prefix_mask.bool()
         prefix = []
         for entry in cache:
@@ -259,7 +276,8 @@ class ForwardPasses:
 
 
 def optimise_value(
-    model: Any, module: nn.Module, request: Any, prefixes: Sequence[str], settings: ValueOptimisation
+    model: Any, module: nn.Module, request: Any, prefixes: Sequence[str], settings: ValueOptimisation,
+    *, key_module: nn.Module | None = None,
 ) -> OptimisedValue:
     """Optimise ``δ`` added to ``module``'s output at the fact token (see the module docstring).
 
@@ -292,7 +310,11 @@ def optimise_value(
         return torch.log_softmax(logits[kl_rows, kl_cols].float(), dim=-1)
 
     with trainable_only(torch_model, []):  # weights frozen, dropout off
-        passes = ForwardPasses(torch_model, rows, positions, keep, pad_id_of(tokenizer), model.device)
+        try:
+            last_attention = model.adapter.module(torch_model, "attn_out", model.adapter.num_layers(torch_model) - 1)
+        except EasyEtconError:  # an adapter that does not name the attention's output projection
+            last_attention = None
+        passes = ForwardPasses(torch_model, rows, positions, keep, pad_id_of(tokenizer), model.device, last_attention)
         # δ lives in the residual stream, as wide as any MLP's output (ROME's module is one, MEMIT's a block)
         residual_width = model.adapter.in_out_features(model.adapter.module(torch_model, "mlp_out", 0))[1]
         delta = torch.zeros(residual_width, device=model.device, requires_grad=True)
@@ -301,9 +323,15 @@ def optimise_value(
             _SUFFIX_PASSES_AGREE[torch_model] = passes.suffix_agrees(module, residual_width)
         suffix = passes.can_split and _SUFFIX_PASSES_AGREE[torch_model]
         nll_value = float("inf")
+        key = None
         for step in range(settings.steps + 1):
-            logits, output = passes.run(module, delta, suffix=suffix)
+            reading_key = step == 0 and key_module is not None
+            with capture_input(key_module) if reading_key else contextlib.nullcontext([]) as inputs:
+                logits, output = passes.run(module, delta, suffix=suffix)
             if step == 0:  # δ = 0: this pass is also the unedited model's
+                if key_module is not None:  # the rewriting rows are the prefixed prompts, target after the fact token
+                    columns = torch.tensor([0 if suffix else p for p in positions[:n_rewriting]], device=inputs[0].device)
+                    key = inputs[0][torch.arange(n_rewriting, device=columns.device), columns].float().mean(0).detach()
                 original = output.detach().float()
                 reference = essence_log_probs(logits).detach() if essence else None
                 max_norm = settings.clamp_norm_factor * original.norm()
@@ -336,4 +364,4 @@ def optimise_value(
             EditNotReachedWarning,
             stacklevel=2,
         )
-    return OptimisedValue(delta.detach(), original, nll_value)
+    return OptimisedValue(delta.detach(), original, nll_value, key)

@@ -30,34 +30,47 @@ def relative(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("condition", [1e2, 1e6])
-def test_factored_solve_matches_the_fp64_solve(condition):
+@pytest.mark.parametrize("condition", [1e2, 1e6, 1e12])
+def test_factored_solves_are_backward_stable_and_match_the_fp64_solve(condition):
     C = second_moment(48, condition=condition)
-    solver = FactoredCovariance(C, ridge=1e-4)
+    solver = FactoredCovariance(C, ridge=1e-9)
+    A = regularised(C, 1e-9)
     rhs = torch.randn(48, 3, dtype=torch.float64)
-    exact = torch.linalg.solve(regularised(C, 1e-4), rhs)
-    assert relative(solver.solve(rhs), exact) < 1e-8
-    assert relative(solver.solve(rhs[:, 0]), exact[:, 0]) < 1e-8
-    assert solver.factor is not None
+    x = solver.solve(rhs)
+    assert solve.backward_error(rhs - A @ x, float(torch.linalg.matrix_norm(A)), x, rhs) <= solve.BACKWARD_ERROR_TOLERANCE
+    exact = torch.linalg.solve(A, rhs)
+    assert relative(x, exact) < 1e-5 * condition  # forward error: backward error × condition
+    assert relative(solver.solve(rhs[:, 0]), exact[:, 0]) < 1e-5 * condition
+    assert solver.inverse is not None  # certified in fp32 even at condition 1e12: Cholesky is backward stable
 
 
-def test_an_inaccurate_fp32_factor_is_redone_in_fp64(monkeypatch):
+def test_a_solve_that_fails_its_fp32_check_takes_the_exact_fp64_path(monkeypatch):
     C = second_moment(32, condition=1e4)
     solver = FactoredCovariance(C, ridge=1e-6)
-    assert solver.factor.dtype == torch.float32
-    monkeypatch.setattr(solve, "REFINEMENT_STEPS", 0)  # no corrections: fp32 alone misses 1e-9
-    monkeypatch.setattr(solve, "RESIDUAL_TOLERANCE", 1e-12)
+    assert solver.inverse is not None and solver.factor is None
+    monkeypatch.setattr(solve, "QUICK_CHECK_TOLERANCE", 1e-14)  # no fp32 solve passes this
+    monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-13)
     rhs = torch.randn(32, dtype=torch.float64)
     x = solver.solve(rhs)
     assert solver.factor.dtype == torch.float64
-    assert relative(x, torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-9
+    assert relative(x, torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-10
+
+
+def test_an_uncertified_inverse_is_not_used(monkeypatch):
+    monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-15)  # the fp32 inverse cannot be certified
+    C = second_moment(32, condition=1e4)
+    solver = FactoredCovariance(C, ridge=1e-6)
+    assert solver.inverse is None
+    monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-12)
+    rhs = torch.randn(32, dtype=torch.float64)
+    assert relative(solver.solve(rhs), torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-10
 
 
 def test_a_singular_covariance_falls_back_to_the_dense_solve():
     C = torch.zeros(8, 8)
     C[0, 0] = 1.0
     solver = FactoredCovariance(C)  # positive semi-definite, no Cholesky factor
-    assert solver.factor is None
+    assert not solver.factorised
     keys, residuals = torch.randn(8, 8), torch.randn(8, 3)
     left, right = least_squares_factors(keys, residuals, solver, 1.0)
     A = C.double() + keys.double().T @ keys.double()
@@ -70,7 +83,7 @@ def test_memit_woodbury_equals_the_dense_normal_equations(weight):
     keys, residuals = torch.randn(5, 40), torch.randn(5, 7)
     left, right = least_squares_factors(keys, residuals, FactoredCovariance(C, weight=weight), weight)
     A = weight * C.double() + keys.double().T @ keys.double()
-    assert relative(right, torch.linalg.solve(A, keys.double().T).T) < 1e-8
+    assert relative(right, torch.linalg.solve(A, keys.double().T).T) < 1e-6
     assert torch.equal(left, residuals.double().T)
 
 
@@ -80,7 +93,7 @@ def test_rome_factor_reused_gives_the_direct_update():
     shared = FactoredCovariance(C, ridge=1e-3)
     _, right = rank_one_factors(key, residual, shared)
     u = torch.linalg.solve(regularised(C, 1e-3), key.double())
-    assert relative(right[0], u / torch.dot(u, key.double())) < 1e-8
+    assert relative(right[0], u / torch.dot(u, key.double())) < 1e-6
     assert abs(float(right[0] @ key.double()) - 1.0) < 1e-12  # (W + Δ) k = W k + r, whatever u
 
 

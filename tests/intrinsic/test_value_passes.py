@@ -112,3 +112,18 @@ def test_a_model_whose_suffix_passes_disagree_gets_full_passes(monkeypatch):
         warnings.simplefilter("ignore")
         optimise_value(model, module, request, PREFIXES, settings(steps=2))
     assert calls == [False, False, False]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_key_read_in_the_first_pass_is_the_prefix_averaged_fact_key(arch):
+    from easyetcon_intrinsic.keys import fact_keys
+
+    model = tiny_model(arch, registry=get_host().registry)
+    request = subject_final_requests()[0]
+    module = model.adapter.module(model.torch_model, "mlp_out", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = optimise_value(model, module, request, PREFIXES, settings(steps=2), key_module=module)
+    expected = fact_keys(model, 1, [request], PREFIXES)[0]
+    assert value.key.shape == expected.shape
+    assert torch.allclose(value.key, expected, atol=1e-6, rtol=1e-5)
