@@ -494,6 +494,20 @@ def _projector_on(
     return (null @ null.T).cpu()
 
 
+def state_bytes(ee: EasyEdit, model: Any, measure: Any) -> int:
+    """Bytes of what EasyEdit keeps for ``model`` between edits (ROME's inverse second moments,
+    AlphaEdit's projectors and ``K_p K_pᵀ``), as ``measure`` (a tensor-bytes walker) counts them."""
+    name = ee.names.get(model)
+    alpha = ee.alphaedit_main
+    kept = [
+        [v for k, v in ee.compute_u.inv_mom2_cache.items() if k[0] == name],
+        [v for k, v in alpha.COV_CACHE.items() if k[0] == name],
+        [v.projector for k, v in ee.prepared.items() if k[0] == name],
+        [getattr(alpha, "cache_c", None)],
+    ]
+    return measure(kept)
+
+
 def release(ee: EasyEdit, model: Any) -> None:
     """Drop what was prepared for ``model`` here and in EasyEdit's caches (a d_ff × d_ff matrix or more per layer)."""
     name = ee.names.get(model)

@@ -82,6 +82,41 @@ class PeakMemory:
         self._thread.join()
 
 
+def tensor_bytes(root: Any, depth: int = 6) -> int:
+    """Bytes of the distinct tensor storages reachable from ``root`` through containers and object
+    attributes (weak dictionaries: their values), not through modules: an editor's own state."""
+    import weakref
+
+    seen_storage: set[int] = set()
+    seen_object: set[int] = set()
+    total = 0
+
+    def walk(value: Any, level: int) -> None:
+        nonlocal total
+        if level < 0 or id(value) in seen_object or isinstance(value, (torch.nn.Module, str, bytes, int, float, bool, type(None))):
+            return
+        seen_object.add(id(value))
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen_storage:
+                seen_storage.add(storage.data_ptr())
+                total += storage.nbytes()
+            return
+        if isinstance(value, (dict, weakref.WeakKeyDictionary)):
+            children = list(value.values())
+        elif isinstance(value, (list, tuple, set)):
+            children = list(value)
+        elif hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
+            children = list(vars(value).values())
+        else:
+            return
+        for child in children:
+            walk(child, level - 1)
+
+    walk(root, depth)
+    return total
+
+
 def requests_for(count: int) -> list[Any]:
     from easyetcon.requests import EditRequest
 
@@ -190,15 +225,16 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
         before = resident_bytes()
         entry["prepare_seconds"], _ = measure(prepare)
         entry["prepare_added_bytes"] = resident_bytes() - before
+        entry["state_bytes"] = tensor_bytes(editor) if editor is not None else 0
 
-        side_name = {"rome": "rome", "alphaedit": "alphaedit"}.get(name) if ee is not None else None
+        side_name = {"rome": "rome", "rome-no-covariance": "rome", "alphaedit": "alphaedit"}.get(name) if ee is not None else None
         theirs: dict[str, Any] = {}
         if side_name:
             import easyedit_side as side
 
             settings = side.EditSettings(
                 layer=0, steps=args.steps, mom2_n_samples=len(texts), prefixes=editor.prefixes(model),
-                kl_factor=0.0625, **(
+                kl_factor=0.0625, use_covariance=name != "rome-no-covariance", **(
                     {"learning_rate": 0.5, "clamp_norm_factor": 4.0, "weight_decay": 1e-3} if side_name == "rome"
                     else {"learning_rate": 0.1, "clamp_norm_factor": 0.75, "weight_decay": 0.5, "nullspace_threshold": 2e-2, "l2": 1.0}
                 ),
@@ -207,6 +243,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
             before = resident_bytes()
             theirs["prepare_seconds"], _ = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts))
             theirs["prepare_added_bytes"] = resident_bytes() - before
+            theirs["state_bytes"] = side.state_bytes(ee, torch_model, tensor_bytes)
             theirs["settings"] = settings.__dict__
             theirs["seconds"], theirs["edit_peak_bytes"], theirs["value_passes"] = [], [], []
         entry["seconds"], entry["edit_peak_bytes"] = [], []
@@ -291,7 +328,7 @@ def megabytes(value: float) -> str:
 
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of a results file: per-edit seconds, one-time seconds, memory."""
-    lines = ["| hidden / MLP | editor | s per edit | EasyEdit | ratio | one-time s (EasyEdit) | prepare adds | edit peak (EasyEdit) |",
+    lines = ["| hidden / MLP | editor | s per edit | EasyEdit | ratio | one-time s (EasyEdit) | state kept (EasyEdit) | edit peak (EasyEdit) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for width in results["widths"]:
         for name, entry in width["editors"].items():
@@ -300,7 +337,9 @@ def report(results: dict[str, Any]) -> str:
                 f"| {width['hidden']} / {width['intermediate']} | {name} | {entry['seconds_per_edit']:.2f} | "
                 + (f"{theirs['seconds_per_edit']:.2f} | {entry['ratio_to_easyedit']:.2f} | " if theirs else "– | – | ")
                 + f"{entry['prepare_seconds']:.1f}" + (f" ({theirs['prepare_seconds']:.1f})" if theirs else "") + " | "
-                + f"{megabytes(entry['prepare_added_bytes'])} | {megabytes(max(entry['edit_peak_bytes']))}"
+                + (f"{megabytes(entry['state_bytes'])}" if "state_bytes" in entry else "–")
+                + (f" ({megabytes(theirs['state_bytes'])})" if theirs and "state_bytes" in theirs else "")
+                + f" | {megabytes(max(entry['edit_peak_bytes']))}"
                 + (f" ({megabytes(max(theirs['edit_peak_bytes']))})" if theirs else "") + " |"
             )
     lines += ["", "| hidden / MLP | statistics s | EasyEdit's | ratio | plain forward s | ratio | ROME with / without statistics |",
