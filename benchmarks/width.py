@@ -284,7 +284,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
             entry["ratio_to_easyedit"] = entry["seconds_per_edit"] / theirs["seconds_per_edit"]
             side.release(ee, torch_model)
         if editor is not None and hasattr(editor, "statistics") and name != "rome-no-covariance" and hidden <= args.statistics_max_hidden:
-            entry["statistics_seconds"] = statistics_seconds(model, editor_name, entry["options"], texts)
+            entry["statistics_seconds"] = statistics_seconds(model, entry["options"], texts)
             if side_name == "rome":
                 theirs["statistics_seconds"] = side.easyedit_statistics_seconds(ee, torch_model, tokenizer, settings, texts)
         result["editors"][name] = entry
@@ -299,7 +299,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def statistics_seconds(model: Any, editor_name: str, options: dict[str, Any], texts: list[str]) -> float:
+def statistics_seconds(model: Any, options: dict[str, Any], texts: list[str]) -> float:
     """Collecting the editor's key statistics alone, afresh (no memo, no cache)."""
     from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
 

@@ -9,7 +9,7 @@ editors write with :func:`add_to_weight`, so neither the solve nor the journal h
 dense ``Δ`` (fp64, ``out × in``), the paper's equation, which the tests check.
 
 Cost at real widths. Nothing ``O(d³)`` runs per edit: the key statistics are factorised once
-per layer (:class:`FactoredCovariance`, a Cholesky factor kept beside the statistics), MEMIT's
+per layer (:class:`FactoredCovariance`, an inverse kept beside the statistics), MEMIT's
 ``(λC + KKᵀ)⁻¹K`` follows from it by the Woodbury identity, and AlphaEdit keeps the inverse of
 its growing system up to date with a rank-``n`` Woodbury step per edit (:class:`NullSpaceSolver`).
 Each edit is then ``O(d² n)``.
@@ -50,11 +50,10 @@ CHECK_BLOCK_ROWS = 1024
 
 
 def regularised(covariance: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``C + ridge · (tr C / d) · I``: invertible even when few texts were seen, scale-free."""
-    covariance = covariance.double()
-    d = covariance.shape[0]
-    scale = torch.trace(covariance) / d
-    return covariance + ridge * scale * torch.eye(d, dtype=covariance.dtype, device=covariance.device)
+    """``C + ridge · (tr C / d) · I`` in fp64: invertible even when few texts were seen, scale-free."""
+    matrix = covariance.double().clone()
+    matrix.diagonal().add_(ridge_shift(covariance, ridge))
+    return matrix
 
 
 def ridge_shift(covariance: torch.Tensor, ridge: float) -> float:
@@ -69,13 +68,10 @@ def backward_error(residual: torch.Tensor, matrix_norm: float, x: torch.Tensor, 
     return float(errors.max()) if errors.numel() else 0.0
 
 
-def accepted(residual: torch.Tensor, matrix_norm: float, x: torch.Tensor, rhs: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all()) and backward_error(residual, matrix_norm, x, rhs) <= BACKWARD_ERROR_TOLERANCE
-
-
-def quick_accepted(residual: torch.Tensor, matrix_norm: float, x: torch.Tensor, rhs: torch.Tensor) -> bool:
-    """:func:`accepted` for a residual computed in fp32, against :data:`QUICK_CHECK_TOLERANCE`."""
-    return bool(torch.isfinite(x).all()) and backward_error(residual, matrix_norm, x, rhs) <= QUICK_CHECK_TOLERANCE
+def accepted(residual: torch.Tensor, matrix_norm: float, x: torch.Tensor, rhs: torch.Tensor, tolerance: float) -> bool:
+    """``x`` is finite and its backward error is at most ``tolerance`` (:data:`BACKWARD_ERROR_TOLERANCE`
+    for a residual computed in fp64, :data:`QUICK_CHECK_TOLERANCE` for one computed in fp32)."""
+    return bool(torch.isfinite(x).all()) and backward_error(residual, matrix_norm, x, rhs) <= tolerance
 
 
 class FactoredCovariance:
@@ -115,7 +111,7 @@ class FactoredCovariance:
             generator = torch.Generator().manual_seed(0)
             probe = torch.randn(self.dimension, probes, generator=generator, dtype=torch.float64).to(covariance.device)
             x = (inverse @ probe.float()).double()
-            if accepted(probe - self.matmul(x), self.norm, x, probe):
+            if accepted(probe - self.matmul(x), self.norm, x, probe, BACKWARD_ERROR_TOLERANCE):
                 self.inverse = inverse
 
     def _frobenius_norm(self) -> float:
@@ -172,7 +168,7 @@ class FactoredCovariance:
     def _fast(self, b: torch.Tensor) -> torch.Tensor | None:
         b32 = b.float()
         x32 = self.inverse @ b32
-        if quick_accepted(b32 - self.matmul32(x32), self.norm, x32, b32):
+        if accepted(b32 - self.matmul32(x32), self.norm, x32, b32, QUICK_CHECK_TOLERANCE):
             return x32.double()
         return None
 
@@ -181,7 +177,7 @@ class FactoredCovariance:
             x = torch.cholesky_solve(b, self.factor)
             for _ in range(REFINEMENT_STEPS + 1):
                 residual = b - self.matmul(x)
-                if accepted(residual, self.norm, x, b):
+                if accepted(residual, self.norm, x, b, BACKWARD_ERROR_TOLERANCE):
                     return x
                 x = x + torch.cholesky_solve(residual, self.factor)
         return torch.linalg.solve(self.dense(), b)
@@ -253,8 +249,9 @@ def least_squares_factors(
 
     With ``M = λ C`` factorised once (``covariance`` may be a :class:`FactoredCovariance` of
     weight ``λ``), Woodbury gives ``(M + K Kᵀ)⁻¹ K = Y (I + Kᵀ Y)⁻¹`` with ``Y = M⁻¹ K``: ``O(d² n)``.
-    The result is checked against ``A`` in fp64; if ``M`` cannot be factorised or the check
-    fails, ``A`` is solved densely in fp64."""
+    ``Y`` is checked as any :class:`FactoredCovariance` solve and the result against ``A`` in fp32
+    (:data:`QUICK_CHECK_TOLERANCE`); if ``M`` cannot be factorised or the check fails, ``A`` is
+    solved densely in fp64."""
     K = keys.double().T
     R = residuals.double().T.to(K.device)
     solver = (
@@ -269,7 +266,7 @@ def least_squares_factors(
         # the whole system, checked in fp32 like a fast solve (‖M + KKᵀ‖_F ≤ ‖M‖_F + ‖K‖_F²)
         K32, X32 = K_solver.float(), X.float()
         residual = K32 - (solver.matmul32(X32) + K32 @ (K32.T @ X32))
-        if quick_accepted(residual, solver.norm + float(K_solver.norm()) ** 2, X32, K32):
+        if accepted(residual, solver.norm + float(K_solver.norm()) ** 2, X32, K32, QUICK_CHECK_TOLERANCE):
             return R.contiguous(), X.T.to(K.device).contiguous()
     dense = covariance.dense() if isinstance(covariance, FactoredCovariance) else covariance_weight * covariance.double()
     A = dense.to(K.device) + K @ K.T
