@@ -116,7 +116,7 @@ class AlphaEdit:
         self.statistics = LayerStatistics(config.statistics)
         self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._solvers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: NullSpaceSolver}
+        self._solvers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (generation, {layer: NullSpaceSolver})
         self._last_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (request ids, {layer: K})
 
     def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
@@ -140,9 +140,13 @@ class AlphaEdit:
     def solver(self, model: Any, layer: int) -> NullSpaceSolver:
         """The layer's eq.-9 solver: its projector and the running inverse (made once per model,
         on the layer's weight device, from the statistics of the model it first sees)."""
-        solvers = self._solvers.setdefault(model.torch_model, {})
+        generation, solvers = self._solvers.get(model.torch_model, (None, {}))
+        if generation != self.statistics.generation:  # new statistics texts: everything is remade
+            solvers = {}
+            self._solvers[model.torch_model] = (self.statistics.generation, solvers)
         if layer not in solvers:
-            moment = self.statistics.get(model, [layer])[layer].mom2
+            # taken: the projector and the inverse are what is kept, not C as well
+            moment = self.statistics.take(model, [layer])[layer].mom2
             device = model.adapter.module(model.torch_model, "mlp_out", layer).weight.device
             moment = moment.to(device)
             projector = nullspace_basis(
@@ -159,7 +163,7 @@ class AlphaEdit:
         with weights_hashed_once(model):
             layers = self.layers(model, requests)
             self.prefixes(model)
-            self.statistics.get(model, layers)
+            self.statistics.reserve(model, layers)  # one pass over the texts for all layers
             for layer in layers:
                 self.solver(model, layer)
 

@@ -480,6 +480,8 @@ class LayerStatistics:
         self._texts: Iterable[str] | None = None
         self._corpus_id: str | None = None
         self.last_sources: dict[int, str] = {}  # layer -> "memory" | "cache" | "computed"
+        #: changes whenever the statistics' source does, so anything derived from them is remade
+        self.generation = 0
 
     def use_texts(self, texts: Iterable[str], corpus_id: str | None = None) -> None:
         """Collect statistics from ``texts`` (any iterable of strings, e.g. a ``datasets`` column)
@@ -487,6 +489,7 @@ class LayerStatistics:
         self._texts = texts
         self._corpus_id = corpus_id
         self._memo = weakref.WeakKeyDictionary()
+        self.generation += 1
 
     @staticmethod
     def _layer_indices(model: Any, layers: Iterable[int]) -> list[int]:
@@ -516,6 +519,18 @@ class LayerStatistics:
             reserved = self._wanted.get(model.torch_model, set())
             memo.update(self._load_or_collect(model, sorted(set(missing) | (reserved - memo.keys()))))
         return {layer: memo[layer] for layer in layers}
+
+    def take(self, model: Any, layers: Iterable[int]) -> dict[int, SecondMoment]:
+        """:meth:`get`, and forget them: for an editor that keeps only what it derives from them
+        (a factor, a projector), so the ``d × d`` statistics are not held twice. Asked again,
+        they are read from the disk cache or collected from the model as it is then."""
+        found = self.get(model, layers)
+        memo = self._memo.get(model.torch_model, {})
+        wanted = self._wanted.get(model.torch_model, set())
+        for layer in found:
+            memo.pop(layer, None)
+            wanted.discard(layer)
+        return found
 
     def _load_or_collect(self, model: Any, layers: list[int]) -> dict[int, SecondMoment]:
         config = self.config

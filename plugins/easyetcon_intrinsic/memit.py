@@ -110,8 +110,7 @@ class Memit:
 
     def covariance(self, model: Any, layer: int) -> FactoredCovariance:
         """``λ C`` of the layer, factorised once per model (each edit is then ``O(d² n)``, by Woodbury)."""
-        mom2 = self.statistics.get(model, [layer])[layer].mom2
-        return self.factorisations.get(model, layer, mom2, weight=self.config.covariance_weight)
+        return self.factorisations.get(model, layer, self.statistics, weight=self.config.covariance_weight)
 
     def prepare(self, model: Any, requests: Sequence[Any]) -> None:
         """Choose the layers, make the prefixes, read ``C`` of each layer from ``model`` and
@@ -119,7 +118,8 @@ class Memit:
         with weights_hashed_once(model):
             layers = self.layers(model, requests)
             self.prefixes(model)
-            for layer in self.statistics.get(model, layers):
+            self.statistics.reserve(model, layers)  # one pass over the texts for all layers
+            for layer in layers:
                 self.covariance(model, layer)
 
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:

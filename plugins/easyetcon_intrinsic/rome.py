@@ -112,8 +112,7 @@ class Rome:
 
     def covariance(self, model: Any, layer: int) -> FactoredCovariance:
         """``C + ridge`` of the layer, factorised once per model (every edit then solves in ``O(d²)``)."""
-        mom2 = self.statistics.get(model, [layer])[layer].mom2
-        return self.factorisations.get(model, layer, mom2, ridge=self.config.ridge)
+        return self.factorisations.get(model, layer, self.statistics, ridge=self.config.ridge)
 
     def prepare(self, model: Any, requests: Sequence[Any]) -> None:
         """Choose the layer, make the prefixes, read ``C`` from ``model`` and factorise it (memoised per model)."""

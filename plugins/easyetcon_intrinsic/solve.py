@@ -9,20 +9,24 @@ editors write with :func:`add_to_weight`, so neither the solve nor the journal h
 dense ``Δ`` (fp64, ``out × in``), the paper's equation, which the tests check.
 
 Cost at real widths. Nothing ``O(d³)`` runs per edit: the key statistics are factorised once
-per layer (:class:`FactoredCovariance`, an inverse kept beside the statistics), MEMIT's
-``(λC + KKᵀ)⁻¹K`` follows from it by the Woodbury identity, and AlphaEdit keeps the inverse of
-its growing system up to date with a rank-``n`` Woodbury step per edit (:class:`NullSpaceSolver`).
-Each edit is then ``O(d² n)``.
+per layer (:class:`FactoredCovariance`, a Cholesky factor kept in place of the statistics),
+MEMIT's ``(λC + KKᵀ)⁻¹K`` follows from it by the Woodbury identity, and AlphaEdit keeps the
+inverse of its growing system up to date with a rank-``n`` Woodbury step per edit
+(:class:`NullSpaceSolver`). Each edit is then ``O(d² n)``.
 
-Precision. ``C⁻¹`` is kept in fp32 (from an fp32 Cholesky factor), so a solve is one fp32
-matrix-vector product: at ``d`` = 8192 a hundredth of a second, against a quarter for an fp64
-check alone. It is certified once, in ``prepare``, by the normwise backward error
-``‖b − A x‖ / (‖A‖_F ‖x‖ + ‖b‖)`` computed in fp64 on probe vectors, which must be below
-:data:`BACKWARD_ERROR_TOLERANCE` (1e-6: ``x`` solves a system within a millionth of ``A``, far
-inside the sampling error of statistics over a few thousand texts, and near the fp32 rounding
-``C`` is stored with); every solve is then checked in fp32 (:data:`QUICK_CHECK_TOLERANCE`). A
-``C`` that fails either check gets an fp64 factor and fp64-checked, refined solves, and one that
-cannot be factorised at all dense fp64 solves: a badly conditioned ``C`` costs time, never accuracy. ROME's insertion ``(W + Δ) k = W k + r`` holds exactly for any
+Precision and memory. ROME and MEMIT keep one ``d × d`` fp32 matrix per layer, the Cholesky
+factor ``L`` of ``A = w·C + shift·I``, and not ``C`` itself: a solve is two fp32 triangular
+solves (at ``d`` = 8192 about 15 ms on one thread). The factor is certified once, in
+``prepare``, while ``C`` is still at hand: the normwise backward error
+``‖b − A x‖ / (‖A‖_F ‖x‖ + ‖b‖)`` of its solves, computed in fp64 against ``C`` on probe
+vectors, must be below :data:`BACKWARD_ERROR_TOLERANCE` (1e-6: ``x`` solves a system within a
+millionth of ``A``, far inside the sampling error of statistics over a few thousand texts, and
+near the fp32 rounding ``C`` is stored with). Every later solve is checked in fp32 against
+``L Lᵀ`` (:data:`QUICK_CHECK_TOLERANCE`); triangular solves are backward stable, so that check
+and the certificate together bound the backward error against ``A``. A ``C`` whose fp32 factor
+fails the certificate gets an fp64 factor (certified the same way), and one that cannot be
+factorised at all is kept densely in fp64 for dense solves: a badly conditioned ``C`` costs time
+and memory, never accuracy. ROME's insertion ``(W + Δ) k = W k + r`` holds exactly for any
 solution, since ``right = u / (uᵀk)``. AlphaEdit's running inverse is fp64: it is updated once
 per edit for thousands of edits, and rounding would accumulate.
 """
@@ -43,8 +47,6 @@ BACKWARD_ERROR_TOLERANCE = 1e-6
 #: The fp32 check of a fast-path solve: the same backward error, computed in fp32, whose own
 #: rounding (about √d · 6e-8 in practice) stays well below it.
 QUICK_CHECK_TOLERANCE = 1e-5
-#: fp64 residual corrections of an exact-path solve before it falls back to a dense solve.
-REFINEMENT_STEPS = 4
 #: Rows of ``C`` multiplied at a time in fp64 checks (bounds the transient fp64 copy).
 CHECK_BLOCK_ROWS = 1024
 
@@ -77,126 +79,130 @@ def accepted(residual: torch.Tensor, matrix_norm: float, x: torch.Tensor, rhs: t
 class FactoredCovariance:
     """Solves ``A x = b``, ``A = weight · C + shift · I``, for any number of right-hand sides.
 
-    ``shift = ridge · tr C / d`` (:func:`regularised`). Made once per layer (in ``prepare``):
+    ``shift = ridge · tr C / d`` (:func:`regularised`). Made once per layer (in ``prepare``), it
+    keeps one matrix and no reference to ``C``, whose memory the statistics can then free:
 
-    * the fast path: ``A⁻¹`` in fp32, from an fp32 Cholesky factor, *certified* here on probe
-      vectors by the fp64 backward error (:data:`BACKWARD_ERROR_TOLERANCE`). A solve is then one
-      matrix-vector product, checked in fp32 (:data:`QUICK_CHECK_TOLERANCE`, which catches
-      anything gone wrong at far less than the cost of an fp64 check);
-    * the exact path, taken when the fast path is not certified or a solve fails its check: an
-      fp64 Cholesky factor (made at first need) with fp64 residual corrections until the fp64
-      backward error passes, and a dense fp64 solve if ``A`` cannot be factorised at all.
-
-    ``C`` is kept by reference (it is the statistics' tensor), for the checks.
+    * ``precision == "fp32"``: the fp32 Cholesky factor ``L``, *certified* here on probe vectors
+      by the fp64 backward error of its solves against ``C`` (:data:`BACKWARD_ERROR_TOLERANCE`).
+      A solve is two triangular solves, checked in fp32 against ``L Lᵀ``
+      (:data:`QUICK_CHECK_TOLERANCE`); one that fails is redone in fp64 with the same factor;
+    * ``"fp64"``: an fp64 Cholesky factor, when the fp32 one is not certified, with solves
+      checked in fp64;
+    * ``"dense"``: ``A`` itself in fp64 when it has no Cholesky factor (``C`` singular and no
+      ridge), solved densely (``O(d³)`` per solve).
     """
 
     def __init__(self, covariance: torch.Tensor, *, weight: float = 1.0, ridge: float = 0.0, probes: int = 4) -> None:
-        self.covariance = covariance
-        # the statistics are fp32; a caller's fp64 C is copied once for the fp32 checks
-        self._covariance32 = covariance if covariance.dtype == torch.float32 else covariance.float()
         self.weight = float(weight)
         self.shift = ridge_shift(covariance, ridge)
         self.dimension = covariance.shape[0]
-        self.norm = self._frobenius_norm()  # ‖A‖_F, for backward errors
-        self.inverse: torch.Tensor | None = None
-        self.factor: torch.Tensor | None = None  # fp64, made when the exact path is first needed
-        self._exact_failed = False
-        matrix = self._covariance32 * self.weight
-        matrix.diagonal().add_(self.shift)
-        factor, info = torch.linalg.cholesky_ex(matrix)
-        del matrix
-        if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()):
-            inverse = torch.cholesky_inverse(factor)
+        self.device = covariance.device
+        self.norm = self._frobenius_norm(covariance)  # ‖A‖_F, for backward errors
+        self.factor: torch.Tensor | None = None
+        self.matrix: torch.Tensor | None = None  # fp64 A, only when it has no factor
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(self.dimension, probes, generator=generator, dtype=torch.float64).to(self.device)
+        for dtype in (torch.float32, torch.float64):
+            matrix = covariance.to(dtype) * self.weight
+            matrix.diagonal().add_(self.shift)
+            factor, info = torch.linalg.cholesky_ex(matrix)
+            del matrix
+            if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()):
+                x = self._triangular_solves(factor, probe.to(dtype)).double()
+                if accepted(probe - self._times_covariance(covariance, x), self.norm, x, probe, BACKWARD_ERROR_TOLERANCE):
+                    self.factor = factor
+                    return
             del factor
-            generator = torch.Generator().manual_seed(0)
-            probe = torch.randn(self.dimension, probes, generator=generator, dtype=torch.float64).to(covariance.device)
-            x = (inverse @ probe.float()).double()
-            if accepted(probe - self.matmul(x), self.norm, x, probe, BACKWARD_ERROR_TOLERANCE):
-                self.inverse = inverse
+        self.matrix = regularised(covariance, 0.0).mul_(self.weight)
+        self.matrix.diagonal().add_(self.shift)
 
-    def _frobenius_norm(self) -> float:
+    @property
+    def precision(self) -> Literal["fp32", "fp64", "dense"]:
+        if self.factor is None:
+            return "dense"
+        return "fp32" if self.factor.dtype == torch.float32 else "fp64"
+
+    @property
+    def factorised(self) -> bool:
+        """Whether solves avoid a dense ``O(d³)`` solve."""
+        return self.factor is not None
+
+    def _frobenius_norm(self, covariance: torch.Tensor) -> float:
         total = 0.0
         for start in range(0, self.dimension, CHECK_BLOCK_ROWS):
-            block = self.covariance[start : start + CHECK_BLOCK_ROWS].double() * self.weight
+            block = covariance[start : start + CHECK_BLOCK_ROWS].double() * self.weight
             block.diagonal(offset=start).add_(self.shift)
             total += float(block.square().sum())
         return total ** 0.5
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``A x`` in fp64, ``C`` read in row blocks."""
-        x = x.double()
+    def _times_covariance(self, covariance: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` in fp64 from ``C``, read in row blocks (the certificate)."""
         out = torch.empty_like(x)
         for start in range(0, self.dimension, CHECK_BLOCK_ROWS):
-            block = self.covariance[start : start + CHECK_BLOCK_ROWS].to(device=x.device, dtype=torch.float64)
+            block = covariance[start : start + CHECK_BLOCK_ROWS].to(device=x.device, dtype=torch.float64)
             out[start : start + CHECK_BLOCK_ROWS] = block @ x
         return out.mul_(self.weight).add_(x, alpha=self.shift)
 
+    @staticmethod
+    def _triangular_solves(factor: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # two triangular solves: a tenth of cholesky_solve's time on one CPU thread for one vector
+        y = torch.linalg.solve_triangular(factor, b, upper=False)
+        return torch.linalg.solve_triangular(factor.T, y, upper=True)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` as this solver sees it (``L Lᵀ x``, or ``A x`` when dense), in ``x``'s precision."""
+        if self.factor is None:
+            return self.matrix.to(x.dtype) @ x
+        factor = self.factor.to(x.dtype)
+        return factor @ (factor.T @ x)
+
     def dense(self) -> torch.Tensor:
-        matrix = self.covariance.double() * self.weight
-        matrix.diagonal().add_(self.shift)
-        return matrix
-
-    @property
-    def factorised(self) -> bool:
-        """Whether solves avoid a dense ``O(d³)`` solve: the fast path, or an fp64 factor."""
-        return self.inverse is not None or self._exact_factor() is not None
-
-    def _exact_factor(self) -> torch.Tensor | None:
-        if self.factor is None and not self._exact_failed:
-            factor, info = torch.linalg.cholesky_ex(self.dense())
-            if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()):
-                self.factor = factor
-            else:
-                self._exact_failed = True
-        return self.factor
-
-    def matmul32(self, x: torch.Tensor) -> torch.Tensor:
-        """``A x`` in fp32 (for the quick checks)."""
-        x = x.float()
-        return (self._covariance32 @ x).mul_(self.weight).add_(x, alpha=self.shift)
+        """``A`` in fp64 (``L Lᵀ`` when factorised: for fallbacks and tests, ``O(d³)``)."""
+        if self.factor is None:
+            return self.matrix.clone()
+        factor = self.factor.double()
+        return factor @ factor.T
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """``x`` (fp64, shaped like ``rhs``: ``(d,)`` or ``(d, n)``), checked as the class describes."""
-        b = rhs.double().to(self.covariance.device)
+        b = rhs.double().to(self.device)
         column = b.dim() == 1
         b2 = b[:, None] if column else b
-        x = self._fast(b2) if self.inverse is not None else None
+        x = None
+        if self.factor is not None and self.factor.dtype == torch.float32:
+            b32 = b2.float()
+            x32 = self._triangular_solves(self.factor, b32)
+            if accepted(b32 - self.matmul(x32), self.norm, x32, b32, QUICK_CHECK_TOLERANCE):
+                x = x32.double()
+        if x is None and self.factor is not None:
+            x = self._triangular_solves(self.factor.double(), b2)
+            if not accepted(b2 - self.matmul(x), self.norm, x, b2, BACKWARD_ERROR_TOLERANCE):
+                x = None
         if x is None:
-            x = self._exact(b2)
+            x = torch.linalg.solve(self.dense(), b2)
         return x[:, 0] if column else x
-
-    def _fast(self, b: torch.Tensor) -> torch.Tensor | None:
-        b32 = b.float()
-        x32 = self.inverse @ b32
-        if accepted(b32 - self.matmul32(x32), self.norm, x32, b32, QUICK_CHECK_TOLERANCE):
-            return x32.double()
-        return None
-
-    def _exact(self, b: torch.Tensor) -> torch.Tensor:
-        if self._exact_factor() is not None:
-            x = torch.cholesky_solve(b, self.factor)
-            for _ in range(REFINEMENT_STEPS + 1):
-                residual = b - self.matmul(x)
-                if accepted(residual, self.norm, x, b, BACKWARD_ERROR_TOLERANCE):
-                    return x
-                x = x + torch.cholesky_solve(residual, self.factor)
-        return torch.linalg.solve(self.dense(), b)
 
 
 class FactorisationCache:
-    """One :class:`FactoredCovariance` per model, layer and ``(weight, ridge)``: the factor is
-    computed once (in the editor's ``prepare``) and reused by every edit."""
+    """One :class:`FactoredCovariance` per model, layer and ``(weight, ridge)``, made once (in the
+    editor's ``prepare``) from its :class:`~easyetcon_intrinsic.covariance.LayerStatistics` and
+    reused by every edit. The statistics' ``C`` is *taken* (dropped from their memory) once
+    factorised, so a layer costs one ``d × d`` matrix between edits, not two."""
 
     def __init__(self) -> None:
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def get(self, model: Any, layer: int, covariance: torch.Tensor, *, weight: float = 1.0, ridge: float = 0.0) -> FactoredCovariance:
+    def get(self, model: Any, layer: int, statistics: Any, *, weight: float = 1.0, ridge: float = 0.0) -> FactoredCovariance:
         memo = self._memo.setdefault(model.torch_model, {})
-        key = (layer, float(weight), float(ridge))
-        entry = memo.get(key)
-        if entry is None or entry.covariance is not covariance:
-            entry = memo[key] = FactoredCovariance(covariance, weight=weight, ridge=ridge)
-        return entry
+        key = (layer, float(weight), float(ridge), statistics.generation)
+        if key not in memo:
+            covariance = statistics.take(model, [layer])[layer].mom2
+            memo[key] = FactoredCovariance(covariance, weight=weight, ridge=ridge)
+        return memo[key]
+
+    def known(self, model: Any) -> set[int]:
+        """The layers of ``model`` already factorised."""
+        return {key[0] for key in self._memo.get(model.torch_model, {})}
 
 
 def rank_one_update(
@@ -259,13 +265,13 @@ def least_squares_factors(
         else FactoredCovariance(covariance, weight=covariance_weight) if covariance_weight > 0 else None
     )
     if solver is not None and solver.factorised:
-        K_solver = K.to(solver.covariance.device)
+        K_solver = K.to(solver.device)
         Y = solver.solve(K_solver)  # checked
         capacitance = torch.eye(K.shape[1], dtype=K.dtype, device=Y.device) + K_solver.T @ Y
         X = torch.linalg.solve(capacitance.T, Y.T).T  # Y S⁻¹
         # the whole system, checked in fp32 like a fast solve (‖M + KKᵀ‖_F ≤ ‖M‖_F + ‖K‖_F²)
         K32, X32 = K_solver.float(), X.float()
-        residual = K32 - (solver.matmul32(X32) + K32 @ (K32.T @ X32))
+        residual = K32 - (solver.matmul(X32) + K32 @ (K32.T @ X32))
         if accepted(residual, solver.norm + float(K_solver.norm()) ** 2, X32, K32, QUICK_CHECK_TOLERANCE):
             return R.contiguous(), X.T.to(K.device).contiguous()
     dense = covariance.dense() if isinstance(covariance, FactoredCovariance) else covariance_weight * covariance.double()

@@ -165,23 +165,38 @@ def test_what_prepare_derives_survives_later_edits(name, monkeypatch):
         monkeypatch.setattr(f"{module}.nullspace_basis", refuse("the projector"))
     layers = layers_of(editor, model, [first])
     prefixes = list(editor.prefixes(model))
-    moments = {layer: m.mom2.clone() for layer, m in editor.statistics.get(model, layers).items()}
+    # what the editor keeps from the statistics (C itself is dropped once used): the factors or solvers
+    derived = {layer: derived_from_statistics(editor, model, layer) for layer in layers}
     projectors = {layer: editor.projector(model, layer).dense() for layer in layers} if name == "alphaedit" else {}
 
     editor.edit(model, [first])
     editor.edit(model, [second])
+    assert all(derived_from_statistics(editor, model, layer) is derived[layer] for layer in layers)
     monkeypatch.undo()
     assert layers_of(editor, model, [second]) == layers
     assert editor.prefixes(model) == prefixes
-    assert all(torch.equal(editor.statistics.get(model, layers)[layer].mom2, moments[layer]) for layer in layers)
-    assert all(editor.statistics.last_sources[layer] == "memory" for layer in layers)
     assert all(torch.equal(editor.projector(model, layer).dense(), projectors[layer]) for layer in projectors)
 
     # derived again from the edited model they would differ, so the checks above can fail
     config = editor.config
     assert make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source) != prefixes
     again = LayerStatistics(config.statistics).get(model, layers)
-    assert any(not torch.equal(again[layer].mom2, moments[layer]) for layer in layers)
+    unedited = LayerStatistics(config.statistics).get(make(), layers)  # the same model, fresh
+    assert any(not torch.equal(again[layer].mom2, unedited[layer].mom2) for layer in layers)
+
+
+def derived_from_statistics(editor, model, layer):
+    return editor.solver(model, layer) if hasattr(editor, "solver") else editor.covariance(model, layer)
+
+
+def test_statistics_are_held_once_factorised_not_beside_the_factor():
+    """Between edits a layer costs the factor (ROME, MEMIT) or the solver (AlphaEdit), not C too."""
+    model = make()
+    for name in sorted(OPTIONS):
+        editor = create(name)
+        first = subject_final_requests()[0]
+        editor.prepare(model, [first])
+        assert not editor.statistics._memo.get(model.torch_model), name
 
 
 def test_prepare_hashes_the_weights_once_and_a_second_prepare_derives_nothing(monkeypatch):
@@ -193,9 +208,9 @@ def test_prepare_hashes_the_weights_once_and_a_second_prepare_derives_nothing(mo
     editor.prepare(model, [first])
     assert len(hashes) == 1
     prefixes = editor.prefixes(model)
+    monkeypatch.setattr(LayerStatistics, "_load_or_collect", refuse("the key statistics"))
     editor.prepare(model, [first])
     assert len(hashes) == 1 and editor.prefixes(model) is prefixes
-    assert set(editor.statistics.last_sources.values()) == {"memory"}
 
 
 def test_lookups_in_one_prepare_share_one_weights_hash(monkeypatch):

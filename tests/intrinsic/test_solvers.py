@@ -41,27 +41,28 @@ def test_factored_solves_are_backward_stable_and_match_the_fp64_solve(condition)
     exact = torch.linalg.solve(A, rhs)
     assert relative(x, exact) < 1e-5 * condition  # forward error: backward error × condition
     assert relative(solver.solve(rhs[:, 0]), exact[:, 0]) < 1e-5 * condition
-    assert solver.inverse is not None  # certified in fp32 even at condition 1e12: Cholesky is backward stable
+    assert solver.precision == "fp32"  # certified in fp32 even at condition 1e12: Cholesky is backward stable
+    # one d × d matrix is kept, and no reference to C (the statistics can free theirs)
+    assert [v for v in vars(solver).values() if torch.is_tensor(v)] == [solver.factor]
 
 
-def test_a_solve_that_fails_its_fp32_check_takes_the_exact_fp64_path(monkeypatch):
+def test_a_solve_that_fails_its_fp32_check_is_redone_in_fp64_with_the_certified_factor(monkeypatch):
     C = second_moment(32, condition=1e4)
     solver = FactoredCovariance(C, ridge=1e-6)
-    assert solver.inverse is not None and solver.factor is None
+    assert solver.precision == "fp32"
     monkeypatch.setattr(solve, "QUICK_CHECK_TOLERANCE", 1e-14)  # no fp32 solve passes this
     monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-13)
     rhs = torch.randn(32, dtype=torch.float64)
     x = solver.solve(rhs)
-    assert solver.factor.dtype == torch.float64
-    assert relative(x, torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-10
+    assert relative(x, torch.linalg.solve(solver.dense(), rhs)) < 1e-10  # L Lᵀ x = b in fp64
+    assert relative(x, torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-4  # and L Lᵀ is A to fp32 rounding
 
 
-def test_an_uncertified_inverse_is_not_used(monkeypatch):
-    monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-15)  # the fp32 inverse cannot be certified
+def test_an_uncertified_fp32_factor_is_not_used(monkeypatch):
+    monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-12)  # only an fp64 factor meets this
     C = second_moment(32, condition=1e4)
     solver = FactoredCovariance(C, ridge=1e-6)
-    assert solver.inverse is None
-    monkeypatch.setattr(solve, "BACKWARD_ERROR_TOLERANCE", 1e-12)
+    assert solver.precision == "fp64" and solver.factor.dtype == torch.float64
     rhs = torch.randn(32, dtype=torch.float64)
     assert relative(solver.solve(rhs), torch.linalg.solve(regularised(C, 1e-6), rhs)) < 1e-10
 
@@ -70,7 +71,7 @@ def test_a_singular_covariance_falls_back_to_the_dense_solve():
     C = torch.zeros(8, 8)
     C[0, 0] = 1.0
     solver = FactoredCovariance(C)  # positive semi-definite, no Cholesky factor
-    assert not solver.factorised
+    assert not solver.factorised and solver.precision == "dense"
     keys, residuals = torch.randn(8, 8), torch.randn(8, 3)
     left, right = least_squares_factors(keys, residuals, solver, 1.0)
     A = C.double() + keys.double().T @ keys.double()
