@@ -223,7 +223,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
                 editor.statistics.use_texts(texts)
             prepare = lambda editor=editor: editor.prepare(model, requests[:1]) if hasattr(editor, "prepare") else None  # noqa: E731
         before = resident_bytes()
-        entry["prepare_seconds"], _ = measure(prepare)
+        entry["prepare_seconds"], entry["prepare_peak_bytes"] = measure(prepare)
         entry["prepare_added_bytes"] = resident_bytes() - before
         entry["state_bytes"] = tensor_bytes(editor) if editor is not None else 0
 
@@ -241,7 +241,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
             )
             prepare_theirs = side.prepare_rome if side_name == "rome" else side.prepare_alphaedit
             before = resident_bytes()
-            theirs["prepare_seconds"], _ = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts))
+            theirs["prepare_seconds"], theirs["prepare_peak_bytes"] = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts))
             theirs["prepare_added_bytes"] = resident_bytes() - before
             theirs["state_bytes"] = side.state_bytes(ee, torch_model, tensor_bytes)
             theirs["settings"] = settings.__dict__
@@ -326,10 +326,19 @@ def megabytes(value: float) -> str:
     return f"{value / 2**20:,.0f} MB"
 
 
+def peak_above_model(entry: dict[str, Any]) -> str:
+    """The most resident memory rose above the loaded model: during ``prepare``, or while the
+    state kept is held and an edit runs (both RSS, sampled every 5 ms)."""
+    if "prepare_peak_bytes" not in entry:
+        return "–"
+    return megabytes(max(entry["prepare_peak_bytes"], entry["prepare_added_bytes"] + max(entry["edit_peak_bytes"])))
+
+
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of a results file: per-edit seconds, one-time seconds, memory."""
-    lines = ["| hidden / MLP | editor | s per edit | EasyEdit | ratio | one-time s (EasyEdit) | state kept (EasyEdit) | edit peak (EasyEdit) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| hidden / MLP | editor | s per edit | EasyEdit | ratio | one-time s (EasyEdit) | state kept (EasyEdit) "
+             "| edit peak (EasyEdit) | peak above model (EasyEdit) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for width in results["widths"]:
         for name, entry in width["editors"].items():
             theirs = entry.get("easyedit")
@@ -340,7 +349,8 @@ def report(results: dict[str, Any]) -> str:
                 + (f"{megabytes(entry['state_bytes'])}" if "state_bytes" in entry else "–")
                 + (f" ({megabytes(theirs['state_bytes'])})" if theirs and "state_bytes" in theirs else "")
                 + f" | {megabytes(max(entry['edit_peak_bytes']))}"
-                + (f" ({megabytes(max(theirs['edit_peak_bytes']))})" if theirs else "") + " |"
+                + (f" ({megabytes(max(theirs['edit_peak_bytes']))})" if theirs else "")
+                + f" | {peak_above_model(entry)}" + (f" ({peak_above_model(theirs)})" if theirs else "") + " |"
             )
     lines += ["", "| hidden / MLP | statistics s | EasyEdit's | ratio | plain forward s | ratio | ROME with / without statistics |",
               "|---|---:|---:|---:|---:|---:|---:|"]

@@ -66,6 +66,7 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             "metrics": _parts_json(registry, "metric"),
             "rewards": _parts_json(registry, "reward"),
             "adapters": _parts_json(registry, "adapter"),
+            "models": _parts_json(registry, "model"),
             "plugins": [{"name": n, "distribution": d} for n, d in host.plugins()],
         }
         click.echo(json.dumps(payload, indent=2))
@@ -84,6 +85,7 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             ("metrics", [p.name for p in registry.parts("metric")]),
             ("rewards", [p.name for p in registry.parts("reward")]),
             ("model adapters", [p.name for p in registry.parts("adapter")]),
+            ("model names", [p.name for p in registry.parts("model")]),
         ):
             console.print(f"[bold]{kind}:[/bold] {', '.join(names) or '(none)'}")
 
@@ -94,20 +96,24 @@ def _parts_json(registry: Any, kind: str) -> list[dict[str, str]]:
 
 # ---------------------------------------------------------------------------------------------
 @cli.command()
-@click.option("--model", "model_name", help="Model folder or hub id (overrides the spec's 'model').")
+@click.option("--model", "model_name", help="Model folder, model name (default, wide: see `easyetcon plugins`) or hub id (overrides the spec's 'model').")
 @click.option("--chain", "chain_path", required=True, type=click.Path(dir_okay=False), help="Chain spec (YAML or JSON).")
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Edit requests (JSON list or JSON lines).")
+@click.option("--data", "data_path", required=True,
+              help="Edit requests: a dataset file (easyetcon requests, KnowEdit, CounterFact, ZsRE, QA) or a registered dataset's name such as fact-world.")
+@click.option("--format", "data_format", help="Dataset format of the file (default: detected from the records); see `easyetcon plugins`.")
+@click.option("--data-option", "data_option", multiple=True, help="KEY=VALUE option of a registered dataset (repeatable), e.g. n=50.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N requests.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edited model and journal (new or empty).")
 @click.option("--mode", type=click.Choice(["sequential", "batch"]), help="Overrides the spec's mode.")
 @click.option("--batch-size", type=int, help="Overrides the spec's batch_size.")
 @click.option("--dtype", help="Overrides the spec's dtype (float32, bfloat16, ...).")
-def edit(model_name, chain_path, data_path, out_dir, mode, batch_size, dtype) -> None:
+def edit(model_name, chain_path, data_path, data_format, data_option, limit, out_dir, mode, batch_size, dtype) -> None:
     """Apply a chain of editors to a model and save the edited model with its journal.
 
     Writes OUT/model (save_pretrained) and OUT/journal. The input model is never changed.
     """
+    from easyetcon.dataset_files import load_requests_from
     from easyetcon.model import load_model
-    from easyetcon.requests import load_requests
     from easyetcon.spec import load_chain_spec
 
     from easyetcon.files import locked_folder, remove_abandoned_staging, staging_folder
@@ -118,7 +124,7 @@ def edit(model_name, chain_path, data_path, out_dir, mode, batch_size, dtype) ->
     _require_empty_output(out)
     # Validate everything cheap before loading the model.
     spec, chain = load_chain_spec(chain_path)
-    requests = load_requests(data_path)
+    requests = load_requests_from(data_path, data_format, limit=limit, options=parse_data_options(data_option))
     require_unique_ids(requests, source=str(data_path))
     model_source = model_name or spec.model
     if not model_source:
@@ -143,6 +149,19 @@ def edit(model_name, chain_path, data_path, out_dir, mode, batch_size, dtype) ->
     timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
     console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
     console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
+
+
+def parse_data_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--data-option KEY=VALUE`` pairs as a dict, each value read as YAML (``n=50`` is a number)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.UsageError(f"--data-option {pair!r}: use KEY=VALUE")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value)
+    return options
 
 
 def _require_empty_output(out: Path) -> None:

@@ -163,6 +163,22 @@ def easyetcon_register_rewards(register: Any) -> None:
 
 
 @hookspec
+def easyetcon_register_models(register: Any) -> None:
+    """Register model names: short names that ``--model`` and a chain spec's ``model:`` accept
+    wherever they accept a model folder (the world plugin registers ``default`` and ``wide``).
+
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later.
+
+    :param register: call ``register(name, locate, *, summary)``. ``locate()`` returns the model's
+        folder (a :class:`pathlib.Path` that ``from_pretrained`` reads), or raises an
+        :class:`easyetcon.errors.EasyEtconError` saying why it is missing and how to get it; it is
+        called only when the name is used.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
 def easyetcon_register_model_adapters(register: Any) -> None:
     """Register architecture adapters: where a model family keeps its blocks, MLP projections,
     final norm, embeddings and LM head.

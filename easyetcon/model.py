@@ -4,6 +4,7 @@ architecture adapter, and the external memories attached to it."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,38 @@ class EditableModel:
         self.tokenizer.save_pretrained(directory)
 
 
+#: ``owner/name``: what the model hub's ids look like (a missing local path of this shape goes to the hub).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model_source(name_or_path: str | Path, *, registry: Any = None) -> str:
+    """What ``from_pretrained`` should read for ``name_or_path``: a registered model name's folder
+    (``easyetcon_register_models``: e.g. ``default``, ``wide``), an existing local folder, or a
+    hub id ``owner/name``. Anything else fails here, at once, naming the absolute path it tried,
+    instead of after the hub's retries."""
+    if registry is None:
+        from easyetcon.plugins import get_host
+
+        registry = get_host().registry
+    source = str(name_or_path)
+    names = {part.name: part for part in registry.parts("model")}
+    local = Path(source).expanduser()
+    if source in names and not local.is_dir():
+        return str(names[source].obj())
+    if local.is_dir():
+        return str(local)
+    if local.exists():
+        raise EasyEtconError(f"model {source!r}: {str(local.absolute())!r} is a file; pass the model's folder")
+    path_like = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+    if HUB_ID.match(source) and not path_like:
+        return source
+    known = ", ".join(sorted(names)) or "none registered"
+    raise EasyEtconError(
+        f"model {source!r} not found: no folder {str(local.absolute())!r}"
+        + ("" if path_like else f", and it is neither a model name ({known}) nor a hub id (owner/name)")
+    )
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -258,7 +291,8 @@ def load_model(
     registry: Any = None,
     **from_pretrained_kwargs: Any,
 ) -> EditableModel:
-    """Load any Hugging Face causal LM (local folder or hub id) and its tokenizer.
+    """Load any Hugging Face causal LM and its tokenizer: a registered model name (``default``,
+    ``wide``, ...), a local folder or a hub id (:func:`resolve_model_source`).
 
     ``dtype`` (``"float32"``, ``"bfloat16"``, ... or a torch dtype) and ``device_map``
     (``"auto"`` spreads a large model over the visible GPUs with accelerate) are passed through.
@@ -266,9 +300,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = str(name_or_path)
-    looks_local = Path(source).exists() or source.startswith((".", "/", "~"))
-    if looks_local and not Path(source).expanduser().is_dir():
-        raise EasyEtconError(f"model folder {source!r} does not exist")
+    path = resolve_model_source(source, registry=registry)
     if isinstance(dtype, str):
         if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise EasyEtconError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")
@@ -278,7 +310,6 @@ def load_model(
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
-    path = str(Path(source).expanduser()) if looks_local else source
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return EditableModel(torch_model, tokenizer, registry=registry, source=source)
+    return EditableModel(torch_model, tokenizer, registry=registry, source=path)

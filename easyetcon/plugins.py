@@ -166,6 +166,7 @@ class PluginHost:
         for hook_name, kind in (
             ("easyetcon_register_metrics", "metric"),
             ("easyetcon_register_rewards", "reward"),
+            ("easyetcon_register_models", "model"),
         ):
             self._call_per_plugin(
                 hook_name, lambda plugin, dist, kind=kind: _part_register(registry, kind, plugin, dist)
@@ -266,6 +267,9 @@ def _part_register(registry: Registry, kind: str, plugin: str, distribution: str
             for attribute in ("protocol", "version", "score"):
                 if not hasattr(obj, attribute):
                     raise PluginError(f"{what}: a metric needs a {attribute!r} attribute")
+        elif kind == "model":
+            if not callable(obj) or not isinstance(name, str) or not name.strip() or "/" in name:
+                raise PluginError(f"{what}: a model name is one word without '/' (hub ids have one) and locate a callable")
         elif not callable(obj):
             raise PluginError(f"{what}: a reward must be callable(completions, requests)")
         registry.add_part(NamedPart(kind, name, obj, summary.strip(), distribution))

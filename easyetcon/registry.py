@@ -99,7 +99,7 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class NamedPart:
-    """A registered metric, reward or architecture adapter."""
+    """A registered metric, reward, architecture adapter or model name."""
 
     kind: str
     name: str
@@ -115,7 +115,7 @@ class Registry:
     def __init__(self) -> None:
         self._editors: dict[str, EditorInfo] = {}
         self._datasets: dict[str, DatasetInfo] = {}
-        self._parts: dict[str, dict[str, NamedPart]] = {"metric": {}, "reward": {}, "adapter": {}}
+        self._parts: dict[str, dict[str, NamedPart]] = {"metric": {}, "reward": {}, "adapter": {}, "model": {}}
 
     # ---- editors -------------------------------------------------------------------------
     def add_editor(self, info: EditorInfo) -> None:
@@ -170,6 +170,10 @@ class Registry:
 
     def datasets(self) -> list[DatasetInfo]:
         return sorted(self._datasets.values(), key=lambda d: d.name)
+
+    def datasets_in_registration_order(self) -> list[DatasetInfo]:
+        """The order formats are tried in when a file's format is detected."""
+        return list(self._datasets.values())
 
     def dataset(self, name: str) -> DatasetInfo:
         try:

@@ -3,7 +3,8 @@ each editor's config model are the truth.
 
 .. code-block:: yaml
 
-    model: ./my-model          # optional; the CLI's --model overrides it
+    model: ./my-model          # optional: a folder (relative to this file), a model name
+                               # (default, wide) or a hub id; the CLI's --model overrides it
     mode: sequential           # or batch
     batch_size: 1
     chain:
@@ -39,7 +40,9 @@ class ChainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, description="Model folder or hub id.")
+    model: str | None = Field(
+        default=None, description="Model folder (relative to the spec file), registered model name (default, wide) or hub id."
+    )
     dtype: str | None = Field(default=None, description="float32, bfloat16, float16 or auto.")
     device_map: str | dict[str, Any] | None = Field(default=None, description="Passed to from_pretrained.")
     mode: Literal["sequential", "batch"] = "sequential"
@@ -98,5 +101,15 @@ def parse_chain_spec(data: dict[str, Any], *, host: PluginHost | None = None, so
 
 
 def load_chain_spec(path: str | Path, *, host: PluginHost | None = None) -> tuple[ChainSpec, EditChain]:
-    """Read and validate a YAML/JSON chain spec file."""
-    return parse_chain_spec(read_spec_file(path), host=host, source=f"chain spec {str(path)!r}")
+    """Read and validate a YAML/JSON chain spec file.
+
+    A relative ``model:`` path is relative to the file's folder, as a path in any config file is:
+    one written ``./name`` or ``../name`` always, a bare ``name`` when that folder holds it
+    (otherwise it stays a model name or hub id)."""
+    spec, chain = parse_chain_spec(read_spec_file(path), host=host, source=f"chain spec {str(path)!r}")
+    model = spec.model
+    if model and not Path(model).expanduser().is_absolute() and not model.startswith("~"):
+        beside = Path(path).absolute().parent / model
+        if model.startswith(("./", "../", ".\\", "..\\")) or beside.is_dir():
+            spec = spec.model_copy(update={"model": str(beside.resolve())})
+    return spec, chain

@@ -113,3 +113,40 @@ def test_example_plugin_is_listed_configured_from_yaml_and_run(tmp_path, monkeyp
         assert all(edited.predicts(r.prompt, r.target_new) for r in tiny_requests()[:2])
     finally:
         set_host(None)
+
+
+ZSRE_RECORD = {  # KnowEdit ZsRE's shape (ZsRE-test-all.json), as `easyetcon eval` reads it
+    "subject": "Epaspidoceras", "prompt": "Which family does Epaspidoceras belong to?", "target_new": "Noctuidae",
+    "ground_truth": ["Aspidoceratidae"], "rephrase_prompt": "What family are Epaspidoceras?",
+    "cond": "Aspidoceratidae >> Noctuidae || Which family does Epaspidoceras belong to?",
+    "locality": {"Relation_Specificity": [{"prompt": "The taxon rank of Epaspidoceras is", "ground_truth": ["genus"]}]},
+    "portability": {},
+}
+
+
+@pytest.fixture
+def data_and_toy_host(monkeypatch):
+    import easyetcon_data.plugin
+
+    import tests.toy_plugins
+
+    monkeypatch.setenv("EASYETCON_BLOCK_PLUGINS", "*")
+    host = PluginHost(plugins=[tests.toy_plugins, easyetcon_data.plugin])
+    set_host(host)
+    yield host
+    set_host(None)
+
+
+def test_edit_reads_every_registered_format_with_limit(workspace, data_and_toy_host):
+    records = [{**ZSRE_RECORD, "subject": f"Taxon{i}", "prompt": f"Which family does Taxon{i} belong to?"} for i in range(3)]
+    (workspace / "zsre.json").write_text(json.dumps(records))
+    result = run("edit", "--chain", workspace / "chain.yaml", "--data", workspace / "zsre.json", "--limit", 2,
+                 "--out", workspace / "run")
+    assert result.exit_code == 0, result.output
+    assert "to 2 request(s)" in result.output
+    named = run("edit", "--chain", workspace / "chain.yaml", "--data", workspace / "zsre.json", "--format", "knowedit-zsre",
+                "--out", workspace / "run-named")
+    assert named.exit_code == 0 and "to 3 request(s)" in named.output
+    wrong = run("edit", "--chain", workspace / "chain.yaml", "--data", workspace / "zsre.json", "--format", "qa",
+                "--out", workspace / "run-wrong")
+    assert wrong.exit_code != 0 and "qa" in wrong.output and not (workspace / "run-wrong").exists()

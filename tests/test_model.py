@@ -23,7 +23,7 @@ def test_load_model_from_a_folder_with_dtype(toy_host, saved_model):
 
 
 def test_load_model_errors(toy_host, tmp_path, saved_model):
-    with pytest.raises(EasyEtconError, match="does not exist"):
+    with pytest.raises(EasyEtconError, match="not found: no folder"):
         load_model(tmp_path / "absent")
     with pytest.raises(EasyEtconError, match="unknown dtype 'float33'"):
         load_model(saved_model, dtype="float33")

@@ -14,7 +14,7 @@ def test_yaml_spec_builds_the_chain(toy_host, tmp_path):
         "  - editor: toy-shift\n    amount: 0.1\n    label: shift\n"
     )
     spec, chain = load_chain_spec(path)
-    assert spec.model == "./somewhere" and spec.mode == "batch" and spec.batch_size == 4
+    assert spec.model == str(tmp_path / "somewhere") and spec.mode == "batch" and spec.batch_size == 4
     assert [s.name for s in chain.steps] == ["toy-notes", "shift"]
     assert chain.steps[0].config.prefix == "Fact:"
     assert chain.steps[1].config.amount == 0.1

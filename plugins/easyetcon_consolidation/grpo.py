@@ -121,7 +121,7 @@ class GRPOConsolidation:
             return
         from datasets import Dataset
         from transformers import PrinterCallback
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOTrainer
 
         rows = self._rows(chosen)
         net, tokenizer = model.torch_model, model.tokenizer
@@ -137,33 +137,7 @@ class GRPOConsolidation:
         saved_forward = net.__dict__.get("forward")
         # the Trainer creates its output folder even though it saves nothing there (save_strategy "no")
         with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch:
-            arguments = GRPOConfig(
-                output_dir=scratch,
-                use_cpu=model.device.type == "cpu",
-                num_generations=config.group_size,
-                per_device_train_batch_size=config.group_size * config.prompts_per_step,
-                max_completion_length=config.max_completion_tokens,
-                max_steps=config.steps,
-                learning_rate=config.learning_rate,
-                lr_scheduler_type="constant",
-                beta=config.beta,
-                epsilon=config.epsilon,
-                temperature=config.temperature,
-                activation_checkpointing=False,
-                save_strategy="no",
-                report_to="none",
-                logging_steps=max(config.steps, 1),
-                disable_tqdm=not config.progress,
-                optim="adamw_torch",
-                weight_decay=0.0,
-                # the Trainer reseeds every RNG from this on creation: each application samples alike,
-                # whatever ran before it (a resumed run reproduces it)
-                seed=config.seed,
-                # TRL's AMP flags keep the optimiser on the model's dtype; half-precision weights
-                # train instead through the fp32 masters that trainable_only puts in their place
-                bf16=False,
-                fp16=False,
-            )
+            arguments = trainer_arguments(config, scratch, use_cpu=model.device.type == "cpu")
             transformers_logger = logging.getLogger("transformers")
             level = transformers_logger.level
             transformers_logger.setLevel(logging.ERROR)
@@ -195,6 +169,39 @@ class GRPOConsolidation:
                     net.__dict__.pop("forward", None)
                 else:
                     net.forward = saved_forward
+
+
+def trainer_arguments(config: GRPOConsolidationConfig, output_dir: str, *, use_cpu: bool) -> Any:
+    """TRL's ``GRPOConfig`` for one application of ``config`` (saving and logging off)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=output_dir,
+        use_cpu=use_cpu,
+        num_generations=config.group_size,
+        per_device_train_batch_size=config.group_size * config.prompts_per_step,
+        max_completion_length=config.max_completion_tokens,
+        max_steps=config.steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",
+        beta=config.beta,
+        epsilon=config.epsilon,
+        temperature=config.temperature,
+        activation_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(config.steps, 1),
+        disable_tqdm=not config.progress,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        # the Trainer reseeds every RNG from this on creation: each application samples alike,
+        # whatever ran before it (a resumed run reproduces it)
+        seed=config.seed,
+        # TRL's AMP flags keep the optimiser on the model's dtype; half-precision weights
+        # train instead through the fp32 masters that trainable_only puts in their place
+        bf16=False,
+        fp16=False,
+    )
 
 
 def pre_step_reference(net: nn.Module, trained: Sequence[str]) -> nn.Module:

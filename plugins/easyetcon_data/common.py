@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from easyetcon.requests import EditRequest, Probe
-from easyetcon_data.reading import DatasetFormatError, read_records
+from easyetcon.dataset_files import DatasetFormatError, read_records
 
 
 class FileDatasetConfig(BaseModel):

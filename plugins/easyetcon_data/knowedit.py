@@ -29,7 +29,7 @@ from easyetcon_data.common import (
     split_ground_truth,
     text,
 )
-from easyetcon_data.reading import DatasetFormatError
+from easyetcon.dataset_files import DatasetFormatError
 
 KNOWEDIT_KEYS = frozenset(
     {"subject", "prompt", "target_new", "ground_truth", "rephrase_prompt", "rephrase", "cond", "locality", "portability", "case_id"}

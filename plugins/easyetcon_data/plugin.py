@@ -9,6 +9,7 @@ from easyetcon.hookspecs import hookimpl
 from easyetcon_data import counterfact, knowedit, native, qa, zsre
 from easyetcon_data.common import FileDatasetConfig, file_loader
 
+#: Registered in this order, which is the order detection tries them in: the most specific shapes first.
 FORMATS = [
     # name, converter, detect, summary, unwrap
     ("edit-requests", native.convert_request, native.detect_requests,

@@ -10,35 +10,8 @@ import click
 from easyetcon_eval.evaluate import DEFAULT_JUDGE, PROTOCOLS
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import yaml
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.UsageError(f"--data-option {pair!r}: use KEY=VALUE")
-        key, value = pair.split("=", 1)
-        options[key.strip()] = yaml.safe_load(value)
-    return options
-
-
-def load_eval_requests(data: str, data_format: str | None, limit: int | None, data_options: dict[str, Any]) -> list:
-    """Requests from a dataset file (any registered format) or a registered dataset's name."""
-    from easyetcon.plugins import get_host
-
-    registry = get_host().registry
-    looks_like_file = Path(data).expanduser().exists() or "/" in data or data.endswith((".json", ".jsonl"))
-    if looks_like_file and data not in {d.name for d in registry.datasets()}:
-        from easyetcon_data import load_edit_dataset
-
-        return load_edit_dataset(Path(data).expanduser(), data_format, limit=limit)
-    info = registry.dataset(data)  # e.g. "fact-world"; unknown names list the known datasets
-    requests = info.load(data_options)
-    return requests[:limit] if limit is not None else requests
-
-
 @click.command("eval")
-@click.option("--model", "model_name", help="Model folder or hub id (overrides the chain spec's 'model').")
+@click.option("--model", "model_name", help="Model folder, model name (default, wide: see `easyetcon plugins`) or hub id (overrides the chain spec's 'model').")
 @click.option("--chain", "chain_path", required=True, type=click.Path(dir_okay=False, exists=True), help="Chain spec (YAML or JSON).")
 @click.option("--data", required=True, help="Dataset file (KnowEdit, CounterFact, ZsRE, QA, easyetcon requests) or a registered dataset name such as fact-world.")
 @click.option("--format", "data_format", help="Dataset format (default: detected from the records); see `easyetcon plugins`.")
@@ -62,6 +35,8 @@ def eval_command(model_name, chain_path, data, data_format, data_option, protoco
     journal when started again with the same arguments."""
     from rich.console import Console
 
+    from easyetcon.cli import parse_data_options
+    from easyetcon.dataset_files import load_requests_from
     from easyetcon.model import load_model
     from easyetcon.spec import load_chain_spec
     from easyetcon_eval.lifelong import parse_schedule, run_lifelong
@@ -69,7 +44,7 @@ def eval_command(model_name, chain_path, data, data_format, data_option, protoco
     console = Console()
     parse_schedule(schedule)  # fail before loading anything
     spec, chain = load_chain_spec(chain_path)
-    requests = load_eval_requests(data, data_format, limit, _parse_options(data_option))
+    requests = load_requests_from(data, data_format, limit=limit, options=parse_data_options(data_option))
     source = model_name or spec.model
     if not source:
         raise click.UsageError("no model: pass --model or set 'model:' in the chain spec")

@@ -72,6 +72,26 @@ def easyetcon_register_datasets(register) -> None:
     )
 
 
+#: The shipped models (``shipped.SHIPPED_MODELS``) as model names; kept here so that building the
+#: registry does not import torch.
+SHIPPED_MODEL_SUMMARIES = {
+    "default": "the shipped fact-world Llama (4 M parameters): tests, demo, most benchmarks",
+    "wide": "the shipped fact-world Llama with MLPs of 1536: enough key dimensions for long sequential runs",
+}
+
+
+def _shipped_folder(name: str) -> Path:
+    from easyetcon_world.shipped import world_model_folder
+
+    return world_model_folder(name)  # raises, saying how to rebuild it, when its files are missing
+
+
+@hookimpl
+def easyetcon_register_models(register) -> None:
+    for name, summary in SHIPPED_MODEL_SUMMARIES.items():
+        register(name, lambda name=name: _shipped_folder(name), summary=summary)
+
+
 @hookimpl
 def easyetcon_register_commands(cli: click.Group) -> None:
     from easyetcon_world.demo import demo_command
@@ -210,6 +230,8 @@ def info_command(preset: str, seed: int) -> None:
     world = build_world(preset, seed)
     summary = world.summary()
     table = Table(title=f"fact world: preset {preset!r}, seed {seed}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # paths are folded onto the next line, never cut
     table.add_row("entities", ", ".join(f"{n} {k}" for k, n in summary["entities"].items()))
     table.add_row(
         "relations",
@@ -230,7 +252,7 @@ def info_command(preset: str, seed: int) -> None:
         shipped = shipped_model_path(name)
         table.add_row(
             f"shipped model {name!r}",
-            f"{shipped} ({'present' if has_shipped_model(name) else 'missing'})",
+            f"{shipped} ({'present' if has_shipped_model(name) else 'missing'}; --model {name})",
         )
     Console().print(table)
 

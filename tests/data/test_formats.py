@@ -6,7 +6,7 @@ import pytest
 
 from easyetcon.requests import save_requests
 from easyetcon.testing import tiny_requests
-from easyetcon_data import DatasetFormatError, detect_format, load_edit_dataset
+from easyetcon.dataset_files import DatasetFormatError, detect_format, load_edit_dataset
 
 
 def write(tmp_path, name, data):
@@ -47,7 +47,7 @@ def test_easyetcon_request_files_round_trip(tmp_path):
 
 
 def detect_format_of(path):
-    from easyetcon_data import read_records
+    from easyetcon.dataset_files import read_records
 
     return detect_format(read_records(path))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from easyetcon_data import detect_format, load_edit_dataset, read_records
+from easyetcon.dataset_files import detect_format, load_edit_dataset, read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*without an answer were left out")
 
@@ -91,7 +91,7 @@ def test_zsre_mend_schema(shared_data):
 
 
 def test_an_explicit_wrong_format_names_the_record_and_keys(shared_data):
-    from easyetcon_data import DatasetFormatError
+    from easyetcon.dataset_files import DatasetFormatError
 
     with pytest.raises(DatasetFormatError, match=r"record 0: missing 'requested_rewrite' \(found keys: alt, answers"):
         load_edit_dataset(shared_data / "zsre/zsre_mend_eval_portability_gpt4.json", format="counterfact")

@@ -172,9 +172,14 @@ def test_world_commands_info_and_export(tmp_path):
     easyetcon_register_commands(cli)
     assert cli.commands["world"] is world_group
     runner = CliRunner()
-    info = runner.invoke(cli, ["world", "info", "--preset", "tiny"])
+    info = runner.invoke(cli, ["world", "info", "--preset", "tiny"], env={"COLUMNS": "80"})
     assert info.exit_code == 0, info.output
-    assert "facts" in info.output and "shipped model" in info.output and "wide" in info.output
+    assert "facts" in info.output and "shipped model" in info.output and "--model wide" in info.output
+    # at 80 columns every path is folded onto more lines, never cut
+    from easyetcon_world.shipped import shipped_model_path
+
+    cells = "".join(line.split("│")[2].strip() for line in info.output.splitlines() if line.count("│") == 3)
+    assert str(shipped_model_path("wide")) in cells
     out = tmp_path / "tiny.json"
     export = runner.invoke(
         cli,
