@@ -209,3 +209,92 @@ def eaft_token_weights(
     is_target = target_mask if target_mask is not None else labels != IGNORE_INDEX
     selected = is_target if options.tokens == "target" else ~is_target
     return torch.where(selected, weights, torch.ones_like(weights))
+
+
+@contextmanager
+def reused_lower_blocks(model: Any, first_trained: int) -> Iterator[None]:
+    """Run the blocks below ``first_trained`` once, not at every training step.
+
+    Training that changes only weights in block ``first_trained`` or above, on the same batch at
+    every step (FT-L, FT-M, TPSFT), would recompute identical activations below it each time:
+    that is ``first_trained / num_layers`` of every forward pass. Inside this context the first
+    forward pass runs in full and records what block ``first_trained`` receives; a later pass
+    whose input to block 0 is the same (``torch.equal``) skips the blocks below, and block
+    ``first_trained`` is given the recorded input. Any other input runs in full (and is recorded
+    in turn). The results are bit-identical to full passes, so resumed runs stay exact.
+
+    Nothing is reused (the context does nothing) when a parameter below ``first_trained``
+    requires grad or a block below is in training mode (dropout would differ at each step).
+    ``model`` is an :class:`~easyetcon.model.EditableModel`.
+    """
+    blocks = list(model.adapter.blocks(model.torch_model))
+    lower = blocks[:first_trained]
+    if (
+        not lower
+        or first_trained >= len(blocks)
+        or any(block.training for block in lower)
+        or any(p.requires_grad for block in lower for p in block.parameters())
+    ):
+        yield
+        return
+    # input: block 0's input of the recorded pass; received: block first_trained's input in it;
+    # stand_in: the last lower block's output, returned by every skipped block (only its
+    # structure matters: block first_trained is handed `received`)
+    state: dict[str, Any] = {"input": None, "received": None, "stand_in": None, "skip": False}
+
+    def hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+        return args[0] if args else kwargs["hidden_states"]
+
+    def first_block_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden, known = hidden_of(args, kwargs), state["input"]
+        state["skip"] = (
+            known is not None and state["received"] is not None and state["stand_in"] is not None
+            and hidden.shape == known.shape and torch.equal(hidden, known)
+        )
+        if not state["skip"]:
+            state.update(input=hidden.detach().clone(), received=None, stand_in=None)
+
+    def trained_block_input(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not state["skip"]:
+            state["received"] = hidden_of(args, kwargs).detach().clone()
+            return None
+        if args:
+            return (state["received"], *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": state["received"]}
+
+    def skippable(block: nn.Module, forward: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if state["skip"]:
+                return state["stand_in"]
+            output = forward(*args, **kwargs)
+            if block is lower[-1]:
+                state["stand_in"] = _detached(output)
+            return output
+
+        return run
+
+    saved = [block.__dict__.get("forward") for block in lower]  # an instance-level forward (accelerate's hooks)
+    handles = [
+        blocks[0].register_forward_pre_hook(first_block_input, with_kwargs=True, prepend=True),
+        blocks[first_trained].register_forward_pre_hook(trained_block_input, with_kwargs=True),
+    ]
+    for block in lower:
+        block.forward = skippable(block, block.forward)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for block, forward in zip(lower, saved):
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
+
+
+def _detached(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple) and not hasattr(output, "_fields"):
+        return tuple(_detached(item) for item in output)
+    return output

@@ -32,6 +32,22 @@ from easyetcon.spec import parse_chain_spec
 from easyetcon.testing.tiny import tiny_model, tiny_requests
 
 
+def target_fit(model: Any, prompt: str, answer: str) -> tuple[float, float]:
+    """``(mean NLL, margin)`` of ``answer`` after ``prompt`` under teacher forcing: the margin is
+    the smallest, over the answer's tokens, of its logit minus the largest other logit."""
+    prompt = model.rewrite_prompts([prompt])[0]
+    prompt_ids = model.tokenizer(prompt)["input_ids"]
+    answer_ids = model.encode_answer(answer)
+    with torch.no_grad():
+        logits = model.torch_model(input_ids=torch.tensor([prompt_ids + answer_ids], device=model.device)).logits[0].float()
+    rows = logits[len(prompt_ids) - 1 : len(prompt_ids) + len(answer_ids) - 1]
+    targets = torch.tensor(answer_ids, device=rows.device)
+    nll = float(-torch.log_softmax(rows, dim=-1).gather(1, targets[:, None]).mean())
+    chosen = rows.gather(1, targets[:, None])[:, 0]
+    others = rows.scatter(1, targets[:, None], float("-inf")).max(dim=1).values
+    return nll, float((chosen - others).min())
+
+
 class EditorConformance:
     """Base class of an editor's conformance tests; see the module docstring."""
 
@@ -82,9 +98,19 @@ class EditorConformance:
         requests = self.make_requests()
         already = [r.request_id for r in requests if model.predicts(r.prompt, r.target_new)]
         assert not already, f"the unedited model already predicts {already}; choose other requests"
+        before = {r.request_id: target_fit(model, r.prompt, r.target_new) for r in requests}
         self._chain().apply(model, requests, mode=self.mode)
+        after = {r.request_id: target_fit(model, r.prompt, r.target_new) for r in requests}
         missed = [r.request_id for r in requests if not model.predicts(r.prompt, r.target_new)]
-        assert not missed, f"after the edit the model still does not predict the target of {missed}"
+        assert not missed, (
+            f"after the {self.editor!r} edit on {conformance_architecture!r} the model still does not predict the target of "
+            + "; ".join(
+                f"{rid}: target NLL {before[rid][0]:.3f} -> {after[rid][0]:.3f}, margin {after[rid][1]:+.3f}"
+                for rid in missed
+            )
+            + " (margin: the target token's logit minus the best other token's, at its worst position; it must be > 0). "
+            "A falling NLL with a negative margin needs more steps or a larger learning rate in `options`"
+        )
 
     def test_undo_restores_bit_exactly(self, conformance_architecture: str) -> None:
         model = self.make_model(conformance_architecture)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.requests import EditRequest
 from easyetcon.text import build_target_batch, encode_continuation
-from easyetcon.training import EaftOptions, eaft_token_weights, target_token_mask, trainable_only
+from easyetcon.training import EaftOptions, eaft_token_weights, reused_lower_blocks, target_token_mask, trainable_only
 from easyetcon_consolidation.common import (
     FfnSelection,
     LifelongSchedule,
@@ -38,6 +38,7 @@ from easyetcon_consolidation.common import (
     ffn_weight_names,
     preservation_statistics,
     preserving_outputs,
+    selected_layers,
     training_pairs,
 )
 
@@ -90,9 +91,11 @@ class TPSFT:
 
         selection = self.config.weights
         # params are fp32 masters in a float16/bfloat16 model; the preservation hook sits on them
+        first = min(selected_layers(model, selection))
+        # the batch is the same at every step: the blocks below the lowest trained one run once
         with trainable_only(net, ffn_weight_names(model, selection)) as params, preserving_outputs(
             model, selection, self.statistics
-        ):
+        ), reused_lower_blocks(model, first):
             optimizer = torch.optim.Adam(params, lr=self.config.learning_rate)
             eps = self.config.epsilon
             for _ in range(self.config.rounds):

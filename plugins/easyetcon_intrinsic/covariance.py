@@ -284,6 +284,13 @@ class KeyMomentSum:
         self._buffer[self._filled : self._filled + len(keys)].copy_(keys)
         self._filled += len(keys)
 
+    def finish(self) -> torch.Tensor:
+        """The fp64 sum, with the buffer folded in and freed."""
+        self.flush()
+        self._buffer = None
+        total, self.total = self.total, None
+        return total
+
     def flush(self) -> None:
         """Fold the buffered keys into :attr:`total`."""
         if self._filled:
@@ -376,9 +383,13 @@ def collect_second_moments(
         torch_model.train(was_training)
     if tokens == 0:
         raise ConfigError("the statistics source yielded no text; check statistics.source and text_column")
-    for moment_sum in sums.values():
-        moment_sum.flush()
-    return {layer: SecondMoment((sums[layer].total / tokens).float().cpu(), tokens) for layer in layers}
+    moments = {}
+    for layer in layers:
+        total = sums.pop(layer).finish()
+        # in place, then one fp32 copy: a second fp64 d × d would be the peak of the whole collection
+        moments[layer] = SecondMoment(total.div_(tokens).float().cpu(), tokens)
+        del total
+    return moments
 
 
 # --------------------------------------------------------------------------------------------

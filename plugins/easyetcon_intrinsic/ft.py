@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import RequestError
 from easyetcon.text import IGNORE_INDEX, TargetBatch, build_target_batch, encode_continuation
-from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, trainable_only
+from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, reused_lower_blocks, trainable_only
 from easyetcon_intrinsic.keys import pad_id_of, pad_right
 from easyetcon_intrinsic.layers import resolve_layers
 
@@ -65,16 +65,23 @@ class FTMConfig(FineTuneConfig):
     )
 
 
+def _trained_layers(model: Any, config: FineTuneConfig, requests: Sequence[Any]) -> list[int]:
+    return resolve_layers(model, config.layers, requests, count=1, option="layers")
+
+
 def _parameter_names(model: Any, config: FineTuneConfig, requests: Sequence[Any]) -> list[str]:
-    layers = resolve_layers(model, config.layers, requests, count=1, option="layers")
-    return [model.adapter.weight_name(kind, layer) for layer in layers for kind in config.modules]
+    return [model.adapter.weight_name(kind, layer) for layer in _trained_layers(model, config, requests) for kind in config.modules]
 
 
-def _fine_tune(model: Any, names: list[str], config: FineTuneConfig, loss_fn: Callable[[], torch.Tensor]) -> None:
-    """Adam on the named weights, projected into the L∞ box after every step. In a float16/bfloat16
-    model ``weights`` are fp32 masters (Adam's eps and small steps vanish in half precision), so
-    the box is measured on them too and the model ends with the masters cast to its dtype."""
-    with trainable_only(model.torch_model, names) as weights:
+def _fine_tune(model: Any, requests: Sequence[Any], config: FineTuneConfig, loss_fn: Callable[[], torch.Tensor]) -> None:
+    """Adam on the chosen layers' weights, projected into the L∞ box after every step. In a
+    float16/bfloat16 model ``weights`` are fp32 masters (Adam's eps and small steps vanish in half
+    precision), so the box is measured on them too and the model ends with the masters cast to
+    its dtype. The blocks below the lowest trained layer run once (the batch is the same at every
+    step: :func:`~easyetcon.training.reused_lower_blocks`)."""
+    names = _parameter_names(model, config, requests)
+    first = min(layer % model.adapter.num_layers(model.torch_model) for layer in _trained_layers(model, config, requests))
+    with trainable_only(model.torch_model, names) as weights, reused_lower_blocks(model, first):
         originals = [weight.detach().clone() for weight in weights]
         optimizer = torch.optim.Adam(weights, lr=config.learning_rate, weight_decay=config.weight_decay)
         for _step in range(config.steps):
@@ -110,7 +117,7 @@ class FineTuneLast:
             log_probs = torch.log_softmax(logits[rows, last].float(), dim=-1)
             return torch.stack([-log_probs[i, tokens].mean() for i, tokens in enumerate(targets)]).mean()
 
-        _fine_tune(model, self.weights_to_edit(model, requests), self.config, loss)
+        _fine_tune(model, requests, self.config, loss)
 
 
 class FineTuneMasked:
@@ -140,4 +147,4 @@ class FineTuneMasked:
             logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
             return masked_token_nll(logits, batch.labels, token_weights=self.token_weights(logits, batch))
 
-        _fine_tune(model, self.weights_to_edit(model, requests), self.config, loss)
+        _fine_tune(model, requests, self.config, loss)

@@ -92,7 +92,9 @@ class FactoredCovariance:
       ridge), solved densely (``O(d³)`` per solve).
     """
 
-    def __init__(self, covariance: torch.Tensor, *, weight: float = 1.0, ridge: float = 0.0, probes: int = 4) -> None:
+    def __init__(
+        self, covariance: torch.Tensor, *, weight: float = 1.0, ridge: float = 0.0, probes: int = 4, consume: bool = False
+    ) -> None:
         self.weight = float(weight)
         self.shift = ridge_shift(covariance, ridge)
         self.dimension = covariance.shape[0]
@@ -102,11 +104,23 @@ class FactoredCovariance:
         self.matrix: torch.Tensor | None = None  # fp64 A, only when it has no factor
         generator = torch.Generator().manual_seed(0)
         probe = torch.randn(self.dimension, probes, generator=generator, dtype=torch.float64).to(self.device)
+        if consume and covariance.dtype == torch.float32:
+            # C is ours to overwrite (taken from the statistics): A is formed in its place, so
+            # factorising holds two d × d matrices, not three; the certificate is then against
+            # this fp32 A, which differs from w·C + shift·I by fp32 rounding (~1e-7, inside the tolerance)
+            covariance = covariance.mul_(self.weight)
+            covariance.diagonal().add_(self.shift)
+            self.weight, self.shift, formed = 1.0, 0.0, True
+        else:
+            formed = False
         for dtype in (torch.float32, torch.float64):
-            matrix = covariance.to(dtype) * self.weight
-            matrix.diagonal().add_(self.shift)
-            factor, info = torch.linalg.cholesky_ex(matrix)
-            del matrix
+            if formed and dtype == torch.float32:
+                factor, info = torch.linalg.cholesky_ex(covariance)
+            else:
+                matrix = covariance.to(dtype) * self.weight
+                matrix.diagonal().add_(self.shift)
+                factor, info = torch.linalg.cholesky_ex(matrix)
+                del matrix
             if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()):
                 x = self._triangular_solves(factor, probe.to(dtype)).double()
                 if accepted(probe - self._times_covariance(covariance, x), self.norm, x, probe, BACKWARD_ERROR_TOLERANCE):
@@ -197,7 +211,7 @@ class FactorisationCache:
         key = (layer, float(weight), float(ridge), statistics.generation)
         if key not in memo:
             covariance = statistics.take(model, [layer])[layer].mom2
-            memo[key] = FactoredCovariance(covariance, weight=weight, ridge=ridge)
+            memo[key] = FactoredCovariance(covariance, weight=weight, ridge=ridge, consume=True)
         return memo[key]
 
     def known(self, model: Any) -> set[int]:

@@ -148,3 +148,16 @@ def test_editors_solve_no_d_by_d_system_per_edit(name, options, monkeypatch):
     editor.edit(model, [second])
     changed = [n for n, p in model.torch_model.named_parameters() if not torch.equal(p, before[n])]
     assert changed
+
+
+def test_a_consumed_covariance_gives_the_same_solves_with_one_matrix_fewer():
+    C = second_moment(40, condition=1e4)
+    kept = FactoredCovariance(C, weight=3.0, ridge=1e-3)
+    consumed_input = C.clone()
+    consumed = FactoredCovariance(consumed_input, weight=3.0, ridge=1e-3, consume=True)
+    assert consumed.precision == "fp32" and consumed.norm == pytest.approx(kept.norm, rel=1e-6)
+    assert not torch.equal(consumed_input, C)  # A was formed in C's place
+    rhs = torch.randn(40, 2, dtype=torch.float64)
+    assert relative(consumed.solve(rhs), kept.solve(rhs)) < 1e-5
+    exact = torch.linalg.solve(3.0 * C.double() + solve.ridge_shift(C, 1e-3) * torch.eye(40, dtype=torch.float64), rhs)
+    assert relative(consumed.solve(rhs), exact) < 1e-4
