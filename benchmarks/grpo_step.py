@@ -82,6 +82,7 @@ def trl_directly(model: Any, steps: int) -> dict[str, float]:
     net, tokenizer = model.torch_model, model.tokenizer
     trained = set(ffn_weight_names(model, config.weights))
     saved_forward = net.__dict__.get("forward")
+    saved_name, saved_generation = net.config._name_or_path, net.generation_config.to_dict()
     flags = {name: p.requires_grad for name, p in net.named_parameters()}
     with tempfile.TemporaryDirectory(prefix="grpo-step-") as folder:
         started = time.perf_counter()
@@ -101,6 +102,8 @@ def trl_directly(model: Any, steps: int) -> dict[str, float]:
         finally:
             for name, parameter in net.named_parameters():
                 parameter.requires_grad_(flags[name])
+            net.config._name_or_path = saved_name
+            net.generation_config = type(net.generation_config).from_dict(saved_generation)
             if saved_forward is None:  # TRL wraps the policy's forward; undo it as easyetcon does
                 net.__dict__.pop("forward", None)
             else:
@@ -119,8 +122,9 @@ def width(hidden: int, steps: list[int], repeat: int) -> dict[str, Any]:
     tokenizer = tiny_tokenizer()
     model = EditableModel(random_llama(hidden, 4 * hidden, tokenizer), tokenizer, registry=get_host().registry)
     from easyetcon_consolidation.common import ffn_weight_names
+    from easyetcon_consolidation.grpo import GRPOConsolidationConfig
 
-    names = ffn_weight_names(model, OPTIONS["weights"])  # type: ignore[arg-type]
+    names = ffn_weight_names(model, GRPOConsolidationConfig(**OPTIONS).weights)
     original = {name: model.parameter(name).detach().clone() for name in names}
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"easyetcon": {}, "trl": {}}
 

@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         if editor_name(editor) == "alphaedit":
             state = chain.steps[0].editor
             layers = state.layers(model, requests)
-            dims = [state.projector(model, layer).shape[0] for layer in layers]
+            solvers = [state.solver(model, layer) for layer in layers]
             output["editors"][editor]["state"] = {
                 "layers": layers,
-                "per_layer_state": "projector P and accumulated K_p K_pᵀ, each d×d fp64",
-                "state_bytes": sum(2 * d * d * 8 for d in dims),
-                "nullspace_dims": [int(round(float(state.projector(model, layer).trace()))) for layer in layers],
-                "key_dims": dims,
+                "per_layer_state": "the projector's smaller orthonormal basis and the inverse of P(λC + K_p K_pᵀ) + αI, fp64",
+                "state_bytes": sum(s.inverse.numel() * 8 + s.projector.basis.numel() * 8 for s in solvers),
+                "nullspace_dims": [s.projector.rank for s in solvers],
+                "key_dims": [s.inverse.shape[0] for s in solvers],
+                "edited_keys": [s.edited_keys for s in solvers],
             }
         write_json(args.out, output)
         print(f"{editor}: {len(requests)} sequential edits in {time.perf_counter() - started:.0f}s")

@@ -299,6 +299,58 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def peak_child(args: argparse.Namespace) -> dict[str, Any]:
+    """One side's editor alone in a fresh process: the most the resident memory rose above the
+    loaded model while it prepared and made ``--edits`` edits (in-process comparisons flatter the
+    side that runs second, which reuses memory the allocator kept from the first)."""
+    from easyedit_side import random_llama
+
+    from easyetcon.model import EditableModel
+    from easyetcon.plugins import get_host
+    from easyetcon.testing.tiny import tiny_tokenizer
+
+    name, side_name = args.peak_child.split(":")
+    torch.set_num_threads(args.threads)
+    hidden = args.hidden[0]
+    tokenizer = tiny_tokenizer()
+    torch_model = random_llama(hidden, 4 * hidden, tokenizer)
+    model = EditableModel(torch_model, tokenizer, registry=get_host().registry)
+    texts = texts_for(tokenizer, 4 * hidden)
+    requests = requests_for(args.edits)
+    options = our_options(name, args.steps, len(texts))
+    editor = get_host().registry.editor(name).create(options)
+    prefixes = editor.prefixes(model)  # fixed sentences: nothing is derived from the model
+    if side_name == "easyedit":
+        import easyedit_side as side
+
+        ee = side.load_easyedit(args.easyedit)
+        matched = {"learning_rate": 0.5, "clamp_norm_factor": 4.0, "weight_decay": 1e-3} if name == "rome" else {
+            "learning_rate": 0.1, "clamp_norm_factor": 0.75, "weight_decay": 0.5, "nullspace_threshold": 2e-2, "l2": 1.0}
+        settings = side.EditSettings(layer=0, steps=args.steps, mom2_n_samples=len(texts), prefixes=prefixes,
+                                     kl_factor=0.0625, use_covariance=True, **matched)
+    memory = PeakMemory()
+    baseline = memory.reset()
+    if side_name == "easyedit":
+        (side.prepare_rome if name == "rome" else side.prepare_alphaedit)(ee, torch_model, tokenizer, settings, texts)
+        run = side.easyedit_rome if name == "rome" else side.easyedit_alphaedit
+        for request in requests:
+            run(ee, torch_model, tokenizer, request, settings, texts=texts, info={})
+    else:
+        editor.statistics.use_texts(texts)
+        editor.prepare(model, requests[:1])
+        for request in requests:
+            names = editor.weights_to_edit(model, [request])
+            saved = {n: model.parameter(n).detach().clone() for n in names}
+            editor.edit(model, [request])
+            with torch.no_grad():
+                for n, value in saved.items():
+                    model.parameter(n).copy_(value)
+            del saved
+    peak = memory.peak - baseline
+    memory.close()
+    return {"hidden": hidden, "editor": name, "side": side_name, "edits": args.edits, "peak_above_model_bytes": peak}
+
+
 def statistics_seconds(model: Any, options: dict[str, Any], texts: list[str]) -> float:
     """Collecting the editor's key statistics alone, afresh (no memo, no cache)."""
     from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
@@ -326,19 +378,13 @@ def megabytes(value: float) -> str:
     return f"{value / 2**20:,.0f} MB"
 
 
-def peak_above_model(entry: dict[str, Any]) -> str:
-    """The most resident memory rose above the loaded model: during ``prepare``, or while the
-    state kept is held and an edit runs (both RSS, sampled every 5 ms)."""
-    if "prepare_peak_bytes" not in entry:
-        return "–"
-    return megabytes(max(entry["prepare_peak_bytes"], entry["prepare_added_bytes"] + max(entry["edit_peak_bytes"])))
-
-
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of a results file: per-edit seconds, one-time seconds, memory."""
+    # (the in-process prepare peaks are in the JSON; the table of --peak runs, one process per
+    # side, is the fair comparison of whole-process memory)
     lines = ["| hidden / MLP | editor | s per edit | EasyEdit | ratio | one-time s (EasyEdit) | state kept (EasyEdit) "
-             "| edit peak (EasyEdit) | peak above model (EasyEdit) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| edit peak (EasyEdit) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for width in results["widths"]:
         for name, entry in width["editors"].items():
             theirs = entry.get("easyedit")
@@ -349,9 +395,15 @@ def report(results: dict[str, Any]) -> str:
                 + (f"{megabytes(entry['state_bytes'])}" if "state_bytes" in entry else "–")
                 + (f" ({megabytes(theirs['state_bytes'])})" if theirs and "state_bytes" in theirs else "")
                 + f" | {megabytes(max(entry['edit_peak_bytes']))}"
-                + (f" ({megabytes(max(theirs['edit_peak_bytes']))})" if theirs else "")
-                + f" | {peak_above_model(entry)}" + (f" ({peak_above_model(theirs)})" if theirs else "") + " |"
+                + (f" ({megabytes(max(theirs['edit_peak_bytes']))})" if theirs else "") + " |"
             )
+    if results.get("process_peaks"):
+        lines += ["", "| hidden / MLP | editor | whole-process peak above the model: easyetcon | EasyEdit | ratio |", "|---|---|---:|---:|---:|"]
+        by_key = {(p["hidden"], p["editor"], p["side"]): p["peak_above_model_bytes"] for p in results["process_peaks"]}
+        for hidden, name in sorted({(p["hidden"], p["editor"]) for p in results["process_peaks"]}):
+            ours_, theirs = by_key.get((hidden, name, "ours")), by_key.get((hidden, name, "easyedit"))
+            lines.append(f"| {hidden} / {4 * hidden} | {name} | {megabytes(ours_) if ours_ else '–'} | {megabytes(theirs) if theirs else '–'} | "
+                         + (f"{ours_ / theirs:.2f} |" if ours_ and theirs else "– |"))
     lines += ["", "| hidden / MLP | statistics s | EasyEdit's | ratio | plain forward s | ratio | ROME with / without statistics |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for width in results["widths"]:
@@ -385,6 +437,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--report", type=Path, help="print the tables of a results file and stop")
     parser.add_argument("--width-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--peak", action="store_true",
+                        help="instead: each side's ROME and AlphaEdit alone in a fresh process, whole-process peak above the model")
+    parser.add_argument("--peak-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.report:
         print(report(json.loads(args.report.read_text())))
@@ -393,6 +448,31 @@ def main() -> None:
     if args.width_child:
         warnings.simplefilter("ignore")  # edits of random models rarely reach their targets; that is not measured here
         print("RESULT " + json.dumps(width_child(args)), flush=True)
+        return
+    if args.peak_child:
+        warnings.simplefilter("ignore")
+        print("RESULT " + json.dumps(peak_child(args)), flush=True)
+        return
+    if args.peak:
+        peaks = []
+        for hidden in args.hidden:
+            for name in [e for e in ("rome", "alphaedit") if e in args.editors and not (e == "alphaedit" and hidden > args.alphaedit_max_hidden)]:
+                for side_name in ("ours", "easyedit") if args.easyedit else ("ours",):
+                    command = [sys.executable, str(Path(__file__).resolve()), "--peak-child", f"{name}:{side_name}", "--hidden", str(hidden),
+                               "--edits", str(args.edits), "--steps", str(args.steps), "--threads", str(args.threads)]
+                    if args.easyedit:
+                        command += ["--easyedit", str(args.easyedit)]
+                    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+                    peaks += [json.loads(line[len("RESULT "):]) for line in output.splitlines() if line.startswith("RESULT ")]
+                    print(peaks[-1], flush=True)
+        results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {"commands": [], "widths": []}
+        results.setdefault("commands", []).append(" ".join(sys.argv[1:]))
+        known = {(p["hidden"], p["editor"], p["side"]): p for p in results.get("process_peaks", [])}
+        known.update({(p["hidden"], p["editor"], p["side"]): p for p in peaks})
+        results["process_peaks"] = sorted(known.values(), key=lambda p: (p["hidden"], p["editor"], p["side"]))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+        print(report(results))
         return
     # an existing --out file is extended: new widths are added, new editors merged into known widths
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {"commands": [], "widths": []}

@@ -260,6 +260,8 @@ def symmetric_gram(rows: torch.Tensor, blocks: int | None = None) -> torch.Tenso
 #: Keys gathered (per layer, fp32) before their Gram matrix is added to the fp64 sum. Casting a
 #: d×d product to fp64 and adding it costs about half the product of ~1000 keys on a CPU.
 KEY_BUFFER_ROWS = 4096
+#: Rows of a Gram matrix added to the fp64 sum at a time (bounds the cast's temporary).
+SUM_BLOCK_ROWS = 1024
 
 
 class KeyMomentSum:
@@ -298,11 +300,25 @@ class KeyMomentSum:
             self._filled = 0
 
     def _add_gram(self, keys: torch.Tensor) -> None:
-        moment = symmetric_gram(keys)
+        width = keys.shape[1]
         if self.total is None:
-            self.total = moment.double()
-        else:
-            self.total.add_(moment)  # in place: a new fp64 d×d costs as much again
+            self.total = torch.zeros((width, width), dtype=torch.float64, device=keys.device)
+        blocks = 8 if width >= BLOCKED_GRAM_WIDTH else 1
+        if blocks == 1 or width < 2 * blocks:
+            moment = keys.T @ keys
+            # in place and by row blocks: adding fp32 to fp64 casts through a temporary as
+            # large as its operand
+            for start in range(0, width, SUM_BLOCK_ROWS):
+                self.total[start : start + SUM_BLOCK_ROWS].add_(moment[start : start + SUM_BLOCK_ROWS])
+            return
+        # symmetric_gram's bands, each added as soon as it is made: no d × d fp32 product is
+        # ever held (the same numbers, added to the same entries, as summing symmetric_gram)
+        edges = [round(i * width / blocks) for i in range(blocks + 1)]
+        for start, end in itertools.pairwise(edges):
+            band = keys[:, start:end].T @ keys[:, start:]
+            self.total[start:end, start:end].add_(band[:, : end - start].T)
+            self.total[start:end, end:].add_(band[:, end - start :])
+            self.total[end:, start:end].add_(band[:, end - start :].T)
 
 
 @torch.no_grad()

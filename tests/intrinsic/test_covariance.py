@@ -170,3 +170,16 @@ def test_symmetric_gram_equals_the_full_product(blocks):
 def test_symmetric_gram_of_narrow_rows_falls_back_to_one_product():
     rows = torch.randn(5, 6)
     torch.testing.assert_close(symmetric_gram(rows, blocks=8), rows.T @ rows)
+
+
+@pytest.mark.parametrize("width", [40, 1100])  # one product, and the banded sum of wide keys
+def test_the_moment_sum_adds_the_same_numbers_as_symmetric_gram_without_a_full_product(width):
+    from easyetcon_intrinsic.covariance import KeyMomentSum
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, width, generator=generator) for n in (30, 7, 50)]
+    total = KeyMomentSum(rows=40)
+    for keys in batches:
+        total.add(keys)
+    expected = symmetric_gram(torch.cat(batches[:2])).double() + symmetric_gram(batches[2]).double()
+    assert torch.equal(total.finish(), expected)
