@@ -1,29 +1,53 @@
-"""easyetcon: edit the knowledge of language models, then consolidate it."""
+"""easyetcon: edit the knowledge of language models, then consolidate it.
 
-from easyetcon.chain import ChainResult, EditChain, StepContext
-from easyetcon.hookspecs import hookimpl
-from easyetcon.journal import Journal
-from easyetcon.model import EditableModel, load_model
-from easyetcon.plugins import PluginHost, get_host
-from easyetcon.registry import Family
-from easyetcon.requests import EditRequest, Probe, load_requests, parse_requests
+The names below are imported on first use (PEP 562), so ``import easyetcon`` and the
+``easyetcon`` command start without loading torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ChainResult",
-    "EditChain",
-    "EditRequest",
-    "EditableModel",
-    "Family",
-    "Journal",
-    "PluginHost",
-    "Probe",
-    "StepContext",
-    "__version__",
-    "get_host",
-    "hookimpl",
-    "load_model",
-    "load_requests",
-    "parse_requests",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "ChainResult": "easyetcon.chain",
+    "EditChain": "easyetcon.chain",
+    "StepContext": "easyetcon.chain",
+    "hookimpl": "easyetcon.hookspecs",
+    "Journal": "easyetcon.journal",
+    "EditableModel": "easyetcon.model",
+    "load_model": "easyetcon.model",
+    "PluginHost": "easyetcon.plugins",
+    "get_host": "easyetcon.plugins",
+    "Family": "easyetcon.registry",
+    "EditRequest": "easyetcon.requests",
+    "Probe": "easyetcon.requests",
+    "load_requests": "easyetcon.requests",
+    "parse_requests": "easyetcon.requests",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from easyetcon.chain import ChainResult, EditChain, StepContext
+    from easyetcon.hookspecs import hookimpl
+    from easyetcon.journal import Journal
+    from easyetcon.model import EditableModel, load_model
+    from easyetcon.plugins import PluginHost, get_host
+    from easyetcon.registry import Family
+    from easyetcon.requests import EditRequest, Probe, load_requests, parse_requests
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'easyetcon' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -8,13 +8,14 @@ This module is also an internal plugin: it registers the built-in adapters throu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from easyetcon.errors import UnsupportedModelError
 from easyetcon.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # torch is imported where it runs: loading the host stays fast (`easyetcon --help`)
+    import torch
+    from torch import nn
 
 MODULE_KINDS = ("mlp_in", "mlp_out", "attn_out")
 
@@ -194,6 +195,8 @@ def resolve_adapter(model: nn.Module, registry: Any) -> ArchitectureAdapter:
 
 
 def _linear_like(module: nn.Module) -> bool:
+    from torch import nn
+
     conv1d = _conv1d_class()
     return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
 
@@ -203,6 +206,9 @@ def infer_adapter(model: nn.Module) -> ArchitectureAdapter:
 
     Raises :class:`UnsupportedModelError` naming the model class and what could not be found.
     """
+    import torch
+    from torch import nn
+
     model_class = type(model).__name__
     names = {id(module): name for name, module in model.named_modules()}
 

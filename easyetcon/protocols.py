@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
 from pydantic import BaseModel
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only for annotations: importing the host stays fast (`easyetcon --help`)
+    import torch
+
     from easyetcon.model import EditableModel
     from easyetcon.records import MemoryStore
     from easyetcon.requests import EditRequest

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from easyetcon.errors import RequestError
+
+if TYPE_CHECKING:  # torch is imported where it runs: `easyetcon --help` stays fast
+    import torch
 
 IGNORE_INDEX = -100
 
@@ -54,6 +55,8 @@ def encode_continuation(tokenizer: Any, text: str) -> list[int]:
 
 def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
     """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring."""
+    import torch
+
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -78,6 +81,8 @@ def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence
 
 def target_token_logprobs(logits: torch.Tensor, batch: TargetBatch) -> list[torch.Tensor]:
     """Per row, the log-probabilities of the target tokens (differentiable)."""
+    import torch
+
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     rows = []
     for i, (positions, target) in enumerate(zip(batch.target_positions, batch.target_ids)):

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from easyetcon.hookspecs import hookimpl
-from easyetcon_consolidation.grpo import GRPOConsolidation, GRPOConsolidationConfig
-from easyetcon_consolidation.rewards import BUILTIN_REWARDS
-from easyetcon_consolidation.tpsft import TPSFT, TPSFTConfig
+
+# The editors' modules import torch: they load when the registry is built, not when the plugin
+# is (so `easyetcon --help` stays fast).
 
 
 @hookimpl
 def easyetcon_register_consolidators(register: Any) -> None:
+    from easyetcon_consolidation.grpo import GRPOConsolidation, GRPOConsolidationConfig
+    from easyetcon_consolidation.tpsft import TPSFT, TPSFTConfig
+
     register(
         "tpsft",
         TPSFT,
@@ -30,5 +33,7 @@ def easyetcon_register_consolidators(register: Any) -> None:
 
 @hookimpl
 def easyetcon_register_rewards(register: Any) -> None:
+    from easyetcon_consolidation.rewards import BUILTIN_REWARDS
+
     for name, (function, summary) in BUILTIN_REWARDS.items():
         register(name, function, summary=summary)

@@ -10,36 +10,36 @@
     result.summary()["generation@1"]["reliability"]
 """
 
-from easyetcon_eval.answers import exact_match, extract_answer, normalize_answer
-from easyetcon_eval.evaluate import (
-    METRIC_NAMES,
-    PROTOCOLS,
-    Baseline,
-    EvaluationError,
-    EvaluationResult,
-    compute_baseline,
-    evaluate_edits,
-)
-from easyetcon_eval.generation import greedy_continuations
-from easyetcon_eval.lifelong import LifelongResult, latest_edits, parse_schedule, run_lifelong
-from easyetcon_eval.reports import compare_runs, write_report
+# imported on first use (PEP 562): loading the plugin's command line does not import torch
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "METRIC_NAMES",
-    "PROTOCOLS",
-    "Baseline",
-    "EvaluationError",
-    "EvaluationResult",
-    "LifelongResult",
-    "compare_runs",
-    "compute_baseline",
-    "evaluate_edits",
-    "exact_match",
-    "extract_answer",
-    "greedy_continuations",
-    "normalize_answer",
-    "latest_edits",
-    "parse_schedule",
-    "run_lifelong",
-    "write_report",
-]
+_EXPORTS = {
+    "exact_match": "easyetcon_eval.answers",
+    "extract_answer": "easyetcon_eval.answers",
+    "normalize_answer": "easyetcon_eval.answers",
+    "METRIC_NAMES": "easyetcon_eval.names",
+    "PROTOCOLS": "easyetcon_eval.names",
+    "Baseline": "easyetcon_eval.evaluate",
+    "EvaluationError": "easyetcon_eval.evaluate",
+    "EvaluationResult": "easyetcon_eval.evaluate",
+    "compute_baseline": "easyetcon_eval.evaluate",
+    "evaluate_edits": "easyetcon_eval.evaluate",
+    "greedy_continuations": "easyetcon_eval.generation",
+    "LifelongResult": "easyetcon_eval.lifelong",
+    "latest_edits": "easyetcon_eval.lifelong",
+    "parse_schedule": "easyetcon_eval.lifelong",
+    "run_lifelong": "easyetcon_eval.lifelong",
+    "compare_runs": "easyetcon_eval.reports",
+    "write_report": "easyetcon_eval.reports",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'easyetcon_eval' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from easyetcon_eval.evaluate import DEFAULT_JUDGE, PROTOCOLS
+from easyetcon_eval.names import DEFAULT_JUDGE, PROTOCOLS
 
 
 @click.command("eval")

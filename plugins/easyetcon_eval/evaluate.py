@@ -39,6 +39,7 @@ from typing import Any
 from easyetcon.errors import ConfigError, EasyEtconError
 from easyetcon.requests import EditRequest, parse_requests
 from easyetcon_eval.answers import extract_answer, normalize_answer
+from easyetcon_eval.names import DEFAULT_JUDGE, METRIC_NAMES, PROTOCOLS
 from easyetcon_eval.generation import greedy_continuations
 from easyetcon_eval.scoring import (
     FLUENCY_TOKENS,
@@ -50,9 +51,6 @@ from easyetcon_eval.scoring import (
 )
 
 #: protocol name -> version. A version changes whenever the meaning of its numbers changes.
-PROTOCOLS: dict[str, int] = {"teacher-forced": 1, "teacher-forced-em": 1, "generation": 1}
-METRIC_NAMES = ("reliability", "generalization", "locality", "portability", "locality_vs_truth")
-DEFAULT_JUDGE = "exact-match"
 BASELINE_VERSION = 1
 
 

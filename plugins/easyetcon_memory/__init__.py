@@ -12,40 +12,42 @@
     save_memory("memory/", model, chain.steps[0])             # and load_memory("memory/", model)
 """
 
-from easyetcon_memory.grace import Grace, GraceConfig, RadiusCalibration, calibrate_radius
-from easyetcon_memory.retrieval import (
-    Match,
-    RetrievalMemory,
-    RetrievalMemoryConfig,
-    RetrieverFallbackWarning,
-    ScopeCalibration,
-    calibrate_threshold,
-    embeddings_available,
-    mask_subject,
-    relation_examples_from,
-)
-from easyetcon_memory.scope import CutoffChoice, sweep_cutoff
-from easyetcon_memory.storage import EmptyMemoryError, load_memory, read_store, save_memory, save_store
+from __future__ import annotations
 
-__all__ = [
-    "CutoffChoice",
-    "EmptyMemoryError",
-    "Grace",
-    "GraceConfig",
-    "Match",
-    "RadiusCalibration",
-    "RetrievalMemory",
-    "RetrievalMemoryConfig",
-    "RetrieverFallbackWarning",
-    "ScopeCalibration",
-    "calibrate_radius",
-    "calibrate_threshold",
-    "embeddings_available",
-    "load_memory",
-    "mask_subject",
-    "read_store",
-    "relation_examples_from",
-    "save_memory",
-    "save_store",
-    "sweep_cutoff",
-]
+from importlib import import_module
+from typing import Any
+
+# Names are imported on first use (PEP 562): the plugin host imports this package to list
+# commands, and that must not pay for torch.
+_EXPORTS = {
+    "Grace": "easyetcon_memory.grace",
+    "GraceConfig": "easyetcon_memory.grace",
+    "RadiusCalibration": "easyetcon_memory.grace",
+    "calibrate_radius": "easyetcon_memory.grace",
+    "Match": "easyetcon_memory.retrieval",
+    "RetrievalMemory": "easyetcon_memory.retrieval",
+    "RetrievalMemoryConfig": "easyetcon_memory.retrieval",
+    "RetrieverFallbackWarning": "easyetcon_memory.retrieval",
+    "ScopeCalibration": "easyetcon_memory.retrieval",
+    "calibrate_threshold": "easyetcon_memory.retrieval",
+    "embeddings_available": "easyetcon_memory.retrieval",
+    "mask_subject": "easyetcon_memory.retrieval",
+    "relation_examples_from": "easyetcon_memory.retrieval",
+    "CutoffChoice": "easyetcon_memory.scope",
+    "sweep_cutoff": "easyetcon_memory.scope",
+    "EmptyMemoryError": "easyetcon_memory.storage",
+    "load_memory": "easyetcon_memory.storage",
+    "read_store": "easyetcon_memory.storage",
+    "save_memory": "easyetcon_memory.storage",
+    "save_store": "easyetcon_memory.storage",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'easyetcon_memory' has no attribute {name!r}")

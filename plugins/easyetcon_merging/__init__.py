@@ -12,26 +12,31 @@ The merge functions are usable on their own: :func:`train_lora_adapter` and
 :func:`merge_adapters`.
 """
 
-from easyetcon_merging.lora_merge import (
-    MIN_PEFT_VERSION,
-    STRATEGIES,
-    LoraAdapter,
-    LoraMerge,
-    LoraMergeConfig,
-    MergeError,
-    check_mergeable,
-    merge_adapters,
-    train_lora_adapter,
-)
+from __future__ import annotations
 
-__all__ = [
-    "MIN_PEFT_VERSION",
-    "STRATEGIES",
-    "LoraAdapter",
-    "LoraMerge",
-    "LoraMergeConfig",
-    "MergeError",
-    "check_mergeable",
-    "merge_adapters",
-    "train_lora_adapter",
-]
+from importlib import import_module
+from typing import Any
+
+# Names are imported on first use (PEP 562): the plugin host imports this package to list
+# commands, and that must not pay for torch.
+_EXPORTS = {
+    "MIN_PEFT_VERSION": "easyetcon_merging.lora_merge",
+    "STRATEGIES": "easyetcon_merging.lora_merge",
+    "LoraAdapter": "easyetcon_merging.lora_merge",
+    "LoraMerge": "easyetcon_merging.lora_merge",
+    "LoraMergeConfig": "easyetcon_merging.lora_merge",
+    "MergeError": "easyetcon_merging.lora_merge",
+    "check_mergeable": "easyetcon_merging.lora_merge",
+    "merge_adapters": "easyetcon_merging.lora_merge",
+    "train_lora_adapter": "easyetcon_merging.lora_merge",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'easyetcon_merging' has no attribute {name!r}")

@@ -2,18 +2,19 @@
 
 The whole plugin: a config model, an editor class with ``weights_to_edit`` and ``edit``, and
 one hook implementation that registers them. easyetcon handles snapshots, undo and the journal.
+
+torch (and easyetcon's training helpers, which use it) is imported inside ``edit``: the host
+imports every plugin to list its commands, and a module that imports torch at the top adds
+more than a second to every ``easyetcon --help``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.hookspecs import hookimpl
-from easyetcon.text import build_target_batch
-from easyetcon.training import clamp_to_box, masked_token_nll, trainable_only
 
 
 class FineTuneLastConfig(BaseModel):
@@ -37,6 +38,11 @@ class FineTuneLast:
         return [self._weight_name(model)]
 
     def edit(self, model, requests: Sequence) -> None:
+        import torch
+
+        from easyetcon.text import build_target_batch
+        from easyetcon.training import clamp_to_box, masked_token_nll, trainable_only
+
         name = self._weight_name(model)
         batch = build_target_batch(model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
         batch = batch.to(model.device)
