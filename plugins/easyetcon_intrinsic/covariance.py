@@ -77,6 +77,10 @@ class StatisticsConfig(BaseModel):
         raise ValueError(f"unknown statistics source {value!r}; use one of: {', '.join(SOURCES)}")
 
 
+class FewerTextsWarning(UserWarning):
+    """The statistics source ran out before ``statistics.samples`` texts were read."""
+
+
 @dataclass
 class SecondMoment:
     """``mom2 = E[k kᵀ]`` (fp32, ``(d_in, d_in)``) over ``tokens`` key vectors."""
@@ -369,11 +373,12 @@ def collect_second_moments(
     was_training = torch_model.training
     torch_model.eval()
     device, pad_id = model.device, pad_id_of(tokenizer)
-    tokens = 0
+    tokens = texts_seen = 0
     started = time.perf_counter()
     bar = tqdm(total=samples, desc=f"key statistics, layers {layers}", unit="text", disable=not progress)
     try:
         for window in _windows(texts, batch_size * SORT_WINDOW_BATCHES, samples):
+            texts_seen += len(window)
             encoded = tokenizer(window, truncation=True, max_length=max_length)["input_ids"]
             lengths = [len(row) for row in encoded]
             for batch in plan_batches(lengths, batch_size):
@@ -399,6 +404,12 @@ def collect_second_moments(
         torch_model.train(was_training)
     if tokens == 0:
         raise ConfigError("the statistics source yielded no text; check statistics.source and text_column")
+    if texts_seen < samples:
+        warnings.warn(
+            f"key statistics of layers {layers}: {samples} texts were asked for (statistics.samples) but the "
+            f"source had only {texts_seen} ({tokens:,} tokens); C is estimated from those",
+            FewerTextsWarning, stacklevel=2,
+        )
     moments = {}
     for layer in layers:
         total = sums.pop(layer).finish()

@@ -1,6 +1,7 @@
 """Collecting key statistics fast: batches of similar length, one pass for every layer needed."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -165,3 +166,15 @@ def test_the_progress_bar_shows_tokens_per_second_unless_disabled(capsys):
     assert "key statistics" in shown and "tokens/s" in shown and "12/12" in shown
     collect_second_moments(model, [0], MIXED_TEXTS, samples=12, batch_size=4, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_source_with_fewer_texts_than_asked_says_so():
+    from easyetcon_intrinsic.covariance import FewerTextsWarning
+
+    model = tiny_model("llama", registry=get_host().registry)
+    texts = MIXED_TEXTS[:6]
+    with pytest.warns(FewerTextsWarning, match=r"50 texts were asked for \(statistics.samples\) but the source had only 6"):
+        collect_second_moments(model, [1], texts, samples=50, batch_size=4, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FewerTextsWarning)
+        collect_second_moments(model, [1], texts, samples=6, batch_size=4, progress=False)  # exactly enough: silent
