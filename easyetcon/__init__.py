@@ -6,8 +6,9 @@ The names below are imported on first use (PEP 562), so ``import easyetcon`` and
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from easyetcon.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,13 +42,4 @@ if TYPE_CHECKING:
     from easyetcon.requests import EditRequest, Probe, load_requests, parse_requests
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'easyetcon' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,8 +11,7 @@
 """
 
 # imported on first use (PEP 562): loading the plugin's command line does not import torch
-from importlib import import_module
-from typing import Any
+from easyetcon.lazy import lazy_exports
 
 _EXPORTS = {
     "exact_match": "easyetcon_eval.answers",
@@ -37,9 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'easyetcon_eval' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

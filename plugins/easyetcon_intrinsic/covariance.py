@@ -239,25 +239,35 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
 BLOCKED_GRAM_WIDTH = 1024
 
 
-def symmetric_gram(rows: torch.Tensor, blocks: int | None = None) -> torch.Tensor:
-    """``rowsᵀ rows``, computing only the upper block triangle when ``blocks`` > 1.
+def gram_pieces(rows: torch.Tensor, blocks: int | None = None) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    """``rowsᵀ rows`` as disjoint ``(row slice, column slice, block)`` pieces, computing only the
+    upper block triangle when ``blocks`` > 1 (the lower one is its transpose).
 
     With ``b`` column blocks this takes ``(b + 1) / 2b`` of the multiplications (0.56 for 8), which
     matters when the keys are wide: for 1536-dimensional keys the product is about a quarter of the
     cost of collecting statistics. ``None`` chooses: 8 blocks from ``BLOCKED_GRAM_WIDTH`` columns on,
-    one product below.
+    one product below. Each piece is at most a ``d / b``-row band, so a caller that adds the
+    pieces into a sum as they come never holds the whole ``d × d`` product.
     """
     width = rows.shape[1]
     if blocks is None:
         blocks = 8 if width >= BLOCKED_GRAM_WIDTH else 1
     if blocks <= 1 or width < 2 * blocks:
-        return rows.T @ rows
-    gram = rows.new_empty(width, width)
+        yield slice(None), slice(None), rows.T @ rows
+        return
     edges = [round(i * width / blocks) for i in range(blocks + 1)]
     for start, end in itertools.pairwise(edges):
         band = rows[:, start:end].T @ rows[:, start:]
-        gram[start:end, start:] = band
-        gram[start:, start:end] = band.T
+        yield slice(start, end), slice(start, end), band[:, : end - start].T
+        yield slice(start, end), slice(end, None), band[:, end - start :]
+        yield slice(end, None), slice(start, end), band[:, end - start :].T
+
+
+def symmetric_gram(rows: torch.Tensor, blocks: int | None = None) -> torch.Tensor:
+    """``rowsᵀ rows`` assembled from :func:`gram_pieces`."""
+    gram = rows.new_empty(rows.shape[1], rows.shape[1])
+    for row_slice, column_slice, piece in gram_pieces(rows, blocks):
+        gram[row_slice, column_slice] = piece
     return gram
 
 
@@ -307,22 +317,12 @@ class KeyMomentSum:
         width = keys.shape[1]
         if self.total is None:
             self.total = torch.zeros((width, width), dtype=torch.float64, device=keys.device)
-        blocks = 8 if width >= BLOCKED_GRAM_WIDTH else 1
-        if blocks == 1 or width < 2 * blocks:
-            moment = keys.T @ keys
-            # in place and by row blocks: adding fp32 to fp64 casts through a temporary as
-            # large as its operand
-            for start in range(0, width, SUM_BLOCK_ROWS):
-                self.total[start : start + SUM_BLOCK_ROWS].add_(moment[start : start + SUM_BLOCK_ROWS])
-            return
-        # symmetric_gram's bands, each added as soon as it is made: no d × d fp32 product is
-        # ever held (the same numbers, added to the same entries, as summing symmetric_gram)
-        edges = [round(i * width / blocks) for i in range(blocks + 1)]
-        for start, end in itertools.pairwise(edges):
-            band = keys[:, start:end].T @ keys[:, start:]
-            self.total[start:end, start:end].add_(band[:, : end - start].T)
-            self.total[start:end, end:].add_(band[:, end - start :])
-            self.total[end:, start:end].add_(band[:, end - start :].T)
+        # piece by piece, and each by row blocks: no d × d fp32 product is held, and adding fp32
+        # to fp64 casts through a temporary as large as its operand
+        for row_slice, column_slice, piece in gram_pieces(keys):
+            target = self.total[row_slice, column_slice]
+            for start in range(0, len(piece), SUM_BLOCK_ROWS):
+                target[start : start + SUM_BLOCK_ROWS].add_(piece[start : start + SUM_BLOCK_ROWS])
 
 
 @torch.no_grad()

@@ -66,11 +66,16 @@ class FTMConfig(FineTuneConfig):
 
 
 def _trained_layers(model: Any, config: FineTuneConfig, requests: Sequence[Any]) -> list[int]:
+    """The layers that train, non-negative and sorted."""
     return resolve_layers(model, config.layers, requests, count=1, option="layers")
 
 
+def _weight_names(model: Any, config: FineTuneConfig, layers: Sequence[int]) -> list[str]:
+    return [model.adapter.weight_name(kind, layer) for layer in layers for kind in config.modules]
+
+
 def _parameter_names(model: Any, config: FineTuneConfig, requests: Sequence[Any]) -> list[str]:
-    return [model.adapter.weight_name(kind, layer) for layer in _trained_layers(model, config, requests) for kind in config.modules]
+    return _weight_names(model, config, _trained_layers(model, config, requests))
 
 
 def _fine_tune(model: Any, requests: Sequence[Any], config: FineTuneConfig, loss_fn: Callable[[], torch.Tensor]) -> None:
@@ -79,9 +84,8 @@ def _fine_tune(model: Any, requests: Sequence[Any], config: FineTuneConfig, loss
     precision), so the box is measured on them too and the model ends with the masters cast to
     its dtype. The blocks below the lowest trained layer run once (the batch is the same at every
     step: :func:`~easyetcon.training.reused_lower_blocks`)."""
-    names = _parameter_names(model, config, requests)
-    first = min(layer % model.adapter.num_layers(model.torch_model) for layer in _trained_layers(model, config, requests))
-    with trainable_only(model.torch_model, names) as weights, reused_lower_blocks(model, first):
+    layers = _trained_layers(model, config, requests)
+    with trainable_only(model.torch_model, _weight_names(model, config, layers)) as weights, reused_lower_blocks(model, layers[0]):
         originals = [weight.detach().clone() for weight in weights]
         optimizer = torch.optim.Adam(weights, lr=config.learning_rate, weight_decay=config.weight_decay)
         for _step in range(config.steps):

@@ -214,10 +214,6 @@ class FactorisationCache:
             memo[key] = FactoredCovariance(covariance, weight=weight, ridge=ridge, consume=True)
         return memo[key]
 
-    def known(self, model: Any) -> set[int]:
-        """The layers of ``model`` already factorised."""
-        return {key[0] for key in self._memo.get(model.torch_model, {})}
-
 
 def rank_one_update(
     key: torch.Tensor, residual: torch.Tensor, covariance: torch.Tensor | FactoredCovariance | None = None, *, ridge: float = 0.0

@@ -14,8 +14,7 @@ The merge functions are usable on their own: :func:`train_lora_adapter` and
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from easyetcon.lazy import lazy_exports
 
 # Names are imported on first use (PEP 562): the plugin host imports this package to list
 # commands, and that must not pay for torch.
@@ -34,9 +33,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'easyetcon_merging' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,56 +16,48 @@ into a corpus so its edits change facts the model really held.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from easyetcon.lazy import lazy_exports
 
 # Names are imported on first use: the plugin host imports this package to list commands, and
 # that must not pay for torch and transformers.
 _EXPORTS = {
-    "make_edit_requests": "edits",
-    "split_of": "edits",
-    "to_knowedit": "edits",
-    "WorldCacheError": "errors",
-    "WorldConfigError": "errors",
-    "WorldRecordError": "errors",
-    "DatasetWorld": "from_dataset",
-    "world_from_dataset": "from_dataset",
-    "headline": "knowledge",
-    "measure_knowledge": "knowledge",
-    "TrainConfig": "pretraining",
-    "cache_root": "pretraining",
-    "default_train_config": "pretraining",
-    "pretrain": "pretraining",
-    "RELATIONS": "relations",
-    "TWO_HOPS": "relations",
-    "SHIPPED_MODELS": "shipped",
-    "default_model_path": "shipped",
-    "has_default_model": "shipped",
-    "has_shipped_model": "shipped",
-    "load_pretrained": "shipped",
-    "load_world": "shipped",
-    "shipped_model_path": "shipped",
-    "shipped_train_config": "shipped",
-    "world_model_folder": "shipped",
-    "PRESETS": "world",
-    "World": "world",
-    "WorldConfig": "world",
-    "build_world": "world",
+    "make_edit_requests": "easyetcon_world.edits",
+    "split_of": "easyetcon_world.edits",
+    "to_knowedit": "easyetcon_world.edits",
+    "WorldCacheError": "easyetcon_world.errors",
+    "WorldConfigError": "easyetcon_world.errors",
+    "WorldRecordError": "easyetcon_world.errors",
+    "DatasetWorld": "easyetcon_world.from_dataset",
+    "world_from_dataset": "easyetcon_world.from_dataset",
+    "headline": "easyetcon_world.knowledge",
+    "measure_knowledge": "easyetcon_world.knowledge",
+    "TrainConfig": "easyetcon_world.pretraining",
+    "cache_root": "easyetcon_world.pretraining",
+    "default_train_config": "easyetcon_world.pretraining",
+    "pretrain": "easyetcon_world.pretraining",
+    "RELATIONS": "easyetcon_world.relations",
+    "TWO_HOPS": "easyetcon_world.relations",
+    "SHIPPED_MODELS": "easyetcon_world.shipped",
+    "default_model_path": "easyetcon_world.shipped",
+    "has_default_model": "easyetcon_world.shipped",
+    "has_shipped_model": "easyetcon_world.shipped",
+    "load_pretrained": "easyetcon_world.shipped",
+    "load_world": "easyetcon_world.shipped",
+    "shipped_model_path": "easyetcon_world.shipped",
+    "shipped_train_config": "easyetcon_world.shipped",
+    "world_model_folder": "easyetcon_world.shipped",
+    "PRESETS": "easyetcon_world.world",
+    "World": "easyetcon_world.world",
+    "WorldConfig": "easyetcon_world.world",
+    "build_world": "easyetcon_world.world",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'easyetcon_world' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"easyetcon_world.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
