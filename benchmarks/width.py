@@ -150,6 +150,25 @@ def our_options(name: str, steps: int, texts: int) -> dict[str, Any]:
     raise ValueError(name)
 
 
+def easyedit_settings(side: Any, name: str, steps: int, texts: list[str], prefixes: list[str]) -> Any:
+    """EasyEdit's settings matched to :func:`our_options` for ``name`` (rome, rome-no-covariance, alphaedit)."""
+    matched = (
+        {"learning_rate": 0.5, "clamp_norm_factor": 4.0, "weight_decay": 1e-3} if name in ("rome", "rome-no-covariance")
+        else {"learning_rate": 0.1, "clamp_norm_factor": 0.75, "weight_decay": 0.5, "nullspace_threshold": 2e-2, "l2": 1.0}
+    )
+    return side.EditSettings(layer=0, steps=steps, mom2_n_samples=len(texts), prefixes=prefixes, kl_factor=0.0625,
+                             use_covariance=name != "rome-no-covariance", **matched)
+
+
+def edit_then_restore(model: Any, editor: Any, request: Any) -> None:
+    """One edit, then the weights it declared back as they were (every edit starts from the same model)."""
+    saved = {n: model.parameter(n).detach().clone() for n in editor.weights_to_edit(model, [request])}
+    editor.edit(model, [request])
+    with torch.no_grad():
+        for n, value in saved.items():
+            model.parameter(n).copy_(value)
+
+
 def texts_for(tokenizer: Any, intermediate: int) -> list[str]:
     from easyedit_side import random_texts
 
@@ -232,13 +251,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
         if side_name:
             import easyedit_side as side
 
-            settings = side.EditSettings(
-                layer=0, steps=args.steps, mom2_n_samples=len(texts), prefixes=editor.prefixes(model),
-                kl_factor=0.0625, use_covariance=name != "rome-no-covariance", **(
-                    {"learning_rate": 0.5, "clamp_norm_factor": 4.0, "weight_decay": 1e-3} if side_name == "rome"
-                    else {"learning_rate": 0.1, "clamp_norm_factor": 0.75, "weight_decay": 0.5, "nullspace_threshold": 2e-2, "l2": 1.0}
-                ),
-            )
+            settings = easyedit_settings(side, name, args.steps, texts, editor.prefixes(model))
             prepare_theirs = side.prepare_rome if side_name == "rome" else side.prepare_alphaedit
             before = resident_bytes()
             theirs["prepare_seconds"], theirs["prepare_peak_bytes"] = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts))
@@ -258,13 +271,7 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
                 seconds, peak = measure(run)
                 outcome["result"].undo(model)
             else:
-                names = editor.weights_to_edit(model, [request])
-                saved = {n: model.parameter(n).detach().clone() for n in names}
-                seconds, peak = measure(lambda request=request: editor.edit(model, [request]))
-                with torch.no_grad():
-                    for n, value in saved.items():
-                        model.parameter(n).copy_(value)
-                del saved
+                seconds, peak = measure(lambda request=request: edit_then_restore(model, editor, request))
             if not warmup:
                 entry["seconds"].append(seconds)
                 entry["edit_peak_bytes"].append(peak)
@@ -324,10 +331,7 @@ def peak_child(args: argparse.Namespace) -> dict[str, Any]:
         import easyedit_side as side
 
         ee = side.load_easyedit(args.easyedit)
-        matched = {"learning_rate": 0.5, "clamp_norm_factor": 4.0, "weight_decay": 1e-3} if name == "rome" else {
-            "learning_rate": 0.1, "clamp_norm_factor": 0.75, "weight_decay": 0.5, "nullspace_threshold": 2e-2, "l2": 1.0}
-        settings = side.EditSettings(layer=0, steps=args.steps, mom2_n_samples=len(texts), prefixes=prefixes,
-                                     kl_factor=0.0625, use_covariance=True, **matched)
+        settings = easyedit_settings(side, name, args.steps, texts, prefixes)
     memory = PeakMemory()
     baseline = memory.reset()
     if side_name == "easyedit":
@@ -339,13 +343,7 @@ def peak_child(args: argparse.Namespace) -> dict[str, Any]:
         editor.statistics.use_texts(texts)
         editor.prepare(model, requests[:1])
         for request in requests:
-            names = editor.weights_to_edit(model, [request])
-            saved = {n: model.parameter(n).detach().clone() for n in names}
-            editor.edit(model, [request])
-            with torch.no_grad():
-                for n, value in saved.items():
-                    model.parameter(n).copy_(value)
-            del saved
+            edit_then_restore(model, editor, request)
     peak = memory.peak - baseline
     memory.close()
     return {"hidden": hidden, "editor": name, "side": side_name, "edits": args.edits, "peak_above_model_bytes": peak}
