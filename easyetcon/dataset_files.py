@@ -15,14 +15,13 @@ record looks as it does in the file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from easyetcon.errors import RequestError, UnknownNameError
+from easyetcon.hub import HUB_ID
 from easyetcon.requests import EditRequest, load_requests
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class DatasetFormatError(RequestError):
@@ -56,7 +55,7 @@ def read_records(path: str | Path, *, split: str = "train") -> list[dict[str, An
     source = str(path)
     local = Path(source).expanduser()
     if not local.exists():
-        if _HUB_ID.match(source) and not source.endswith((".json", ".jsonl")):
+        if HUB_ID.match(source) and not source.endswith((".json", ".jsonl")):
             return _read_hub(source, split)
         raise DatasetFormatError(f"dataset file {source!r} does not exist")
     if local.is_dir():

@@ -4,7 +4,6 @@ architecture adapter, and the external memories attached to it."""
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from torch import nn
 
 from easyetcon.adapters import ArchitectureAdapter, resolve_adapter
 from easyetcon.errors import EasyEtconError, UnknownNameError
+from easyetcon.hub import HUB_ID
 
 PromptRewriter = Callable[[list[str]], list[str]]
 #: ``end(text, index) -> int | None``: where the continuation of prompt ``index`` ends.
@@ -249,10 +249,6 @@ class EditableModel:
         directory.mkdir(parents=True, exist_ok=True)
         self.torch_model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-
-
-#: ``owner/name``: what the model hub's ids look like (a missing local path of this shape goes to the hub).
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model_source(name_or_path: str | Path, *, registry: Any = None) -> str:
