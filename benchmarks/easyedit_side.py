@@ -444,7 +444,7 @@ def easyedit_statistics_seconds(
 
 def prepare_alphaedit(
     ee: EasyEdit, model: Any, tokenizer: Any, settings: EditSettings | Mapping[str, Any] | None,
-    texts: Sequence[str] | None = None, *, projector_device: str | None = None,
+    texts: Sequence[str] | None = None, *, projector_device: str | None = None, projector: torch.Tensor | None = None,
 ) -> float:
     """AlphaEdit's one-time work on the unedited model: context templates, the second moment of
     ``down_proj``'s input over ``texts`` and the null-space projector ``P`` per layer. Returns its seconds.
@@ -453,6 +453,8 @@ def prepare_alphaedit(
     moment on the CPU even when the model is on a GPU (at d_ff = 16384 that is long). With
     ``projector_device`` (e.g. ``"cuda"``) the moment still comes from EasyEdit's ``get_cov`` but
     the same three lines of ``get_project`` (SVD, ``S < nullspace_threshold``, ``U Uᵀ``) run there.
+    A given ``projector`` (``layers × d_ff × d_ff``) is used instead of either: no statistics, no SVD
+    (for timing edits at widths where the one-time SVD is out of reach).
     """
     s = EditSettings.of(settings)
     key = _alphaedit_key(ee, model, s)
@@ -472,7 +474,9 @@ def prepare_alphaedit(
             templates = alpha.get_context_templates(model, tokenizer)
         for layer in hparams.layers:
             alpha.COV_CACHE.pop((model_name(ee, model), hparams.rewrite_module_tmp.format(layer)), None)
-        if projector_device is None:
+        if projector is not None:
+            pass
+        elif projector_device is None:
             projector = torch.stack([alpha.get_project(model, tokenizer, layer, hparams) for layer in hparams.layers])
         else:
             projector = torch.stack([

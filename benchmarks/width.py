@@ -21,7 +21,10 @@ EasyEdit's threshold. What cannot be matched: EasyEdit's weight decay is ``wd·�
 ``(‖δ‖/‖v‖)²``) and it stops when its total loss is below 0.05 (ours: target NLL below
 ``stop_nll``); the number of value passes each side ran is recorded. AlphaEdit is left out at hidden
 4096 by default: both sides' projector is a 16384 × 16384 eigen/singular value decomposition, tens of
-minutes on one CPU thread.
+minutes on one CPU thread. With ``--synthetic-null-space FRACTION`` both sides' AlphaEdit edit on the
+same random orthonormal null space of ``FRACTION × d_ff`` dimensions instead (ours as the basis,
+EasyEdit's as ``P = U Uᵀ``): an edit's cost depends on that dimension, not on the subspace, so this
+times edits at 4096 without the one-time decomposition (no statistics on either side).
 
 Also measured, ours only: MEMIT, FT-M, TPSFT (one round) and one GRPO step; the statistics
 collection against a plain forward pass over the same texts (same batches); and ROME without
@@ -190,6 +193,41 @@ def plain_forward_seconds(model: Any, texts: list[str], batch_size: int) -> floa
     return time.perf_counter() - started
 
 
+def synthetic_null_space(d: int, fraction: float, seed: int = 0) -> tuple[torch.Tensor, bool]:
+    """A random null space of ``r = fraction · d`` dimensions, as ``(vectors, null_given)``: the
+    smaller orthonormal set that defines it (the null space's basis, or its complement's when
+    ``r > d/2``), as :class:`~easyetcon_intrinsic.solve.Projector` takes it. AlphaEdit's per-edit
+    cost depends on the null space's dimension, not on which subspace it is, so edits can be timed
+    at widths where the one-time eigen/singular value decomposition is out of reach on this CPU."""
+    rank = round(fraction * d)
+    null_given = 2 * rank <= d
+    generator = torch.Generator().manual_seed(seed)
+    vectors, _ = torch.linalg.qr(torch.randn(d, rank if null_given else d - rank, generator=generator, dtype=torch.float64))
+    return vectors.contiguous(), null_given
+
+
+def dense_projector(vectors: torch.Tensor, null_given: bool) -> torch.Tensor:
+    """EasyEdit's form of the same null space: ``P = U Uᵀ`` (or ``I − V Vᵀ``), fp32 ``d × d``."""
+    vectors = vectors.float()
+    product = vectors @ vectors.T
+    if null_given:
+        return product
+    product.neg_().diagonal().add_(1.0)
+    return product
+
+
+def install_null_space(editor: Any, model: Any, requests: list[Any], vectors: torch.Tensor, null_given: bool) -> None:
+    """Our AlphaEdit's per-layer solver on a given null space, in place of the one ``prepare``
+    derives from statistics (benchmark only: it sets the editor's private solver table)."""
+    from easyetcon_intrinsic.solve import NullSpaceSolver, Projector
+
+    (layer,) = editor.layers(model, requests)
+    editor.prefixes(model)
+    alpha = editor.config.l2 * vectors.shape[0]  # l2 · tr C for keys of unit scale; the cost does not depend on it
+    solver = NullSpaceSolver(Projector(vectors, null_given=null_given), alpha)
+    editor._solvers[model.torch_model] = (editor.statistics.generation, {layer: solver})
+
+
 def width_child(args: argparse.Namespace) -> dict[str, Any]:
     from easyedit_side import random_llama
 
@@ -212,7 +250,8 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
         "hidden": hidden, "intermediate": intermediate, "threads": torch.get_num_threads(), "steps": args.steps,
         "statistics_texts": len(texts), "model_resident_bytes": resident_bytes(), "editors": {},
     }
-    editors = [e for e in args.editors if not (e == "alphaedit" and hidden > args.alphaedit_max_hidden)]
+    synthetic = args.synthetic_null_space is not None
+    editors = [e for e in args.editors if not (e == "alphaedit" and hidden > args.alphaedit_max_hidden and not synthetic)]
 
     ee = None
     if args.easyedit:
@@ -241,6 +280,11 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
             if hasattr(editor, "statistics"):
                 editor.statistics.use_texts(texts)
             prepare = lambda editor=editor: editor.prepare(model, requests[:1]) if hasattr(editor, "prepare") else None  # noqa: E731
+        if name == "alphaedit" and synthetic:
+            vectors, null_given = synthetic_null_space(intermediate, args.synthetic_null_space)
+            rank = vectors.shape[1] if null_given else intermediate - vectors.shape[1]
+            entry["synthetic_null_space"] = {"fraction": args.synthetic_null_space, "rank": rank}
+            prepare = lambda editor=editor: install_null_space(editor, model, requests[:1], vectors, null_given)  # noqa: E731
         before = resident_bytes()
         entry["prepare_seconds"], entry["prepare_peak_bytes"] = measure(prepare)
         entry["prepare_added_bytes"] = resident_bytes() - before
@@ -253,8 +297,10 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
 
             settings = easyedit_settings(side, name, args.steps, texts, editor.prefixes(model))
             prepare_theirs = side.prepare_rome if side_name == "rome" else side.prepare_alphaedit
+            given = {"projector": dense_projector(vectors, null_given).unsqueeze(0)} if "synthetic_null_space" in entry else {}
             before = resident_bytes()
-            theirs["prepare_seconds"], theirs["prepare_peak_bytes"] = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts))
+            theirs["prepare_seconds"], theirs["prepare_peak_bytes"] = measure(lambda: prepare_theirs(ee, torch_model, tokenizer, settings, texts, **given))
+            del given
             theirs["prepare_added_bytes"] = resident_bytes() - before
             theirs["state_bytes"] = side.state_bytes(ee, torch_model, tensor_bytes)
             theirs["settings"] = settings.__dict__
@@ -290,7 +336,8 @@ def width_child(args: argparse.Namespace) -> dict[str, Any]:
             entry["easyedit"] = theirs
             entry["ratio_to_easyedit"] = entry["seconds_per_edit"] / theirs["seconds_per_edit"]
             side.release(ee, torch_model)
-        if editor is not None and hasattr(editor, "statistics") and name != "rome-no-covariance" and hidden <= args.statistics_max_hidden:
+        if (editor is not None and hasattr(editor, "statistics") and name != "rome-no-covariance" and hidden <= args.statistics_max_hidden
+                and "synthetic_null_space" not in entry):
             entry["statistics_seconds"] = statistics_seconds(model, entry["options"], texts)
             if side_name == "rome":
                 theirs["statistics_seconds"] = side.easyedit_statistics_seconds(ee, torch_model, tokenizer, settings, texts)
@@ -386,8 +433,9 @@ def report(results: dict[str, Any]) -> str:
     for width in results["widths"]:
         for name, entry in width["editors"].items():
             theirs = entry.get("easyedit")
+            label = f"{name} (random null space, r = {entry['synthetic_null_space']['rank']})" if "synthetic_null_space" in entry else name
             lines.append(
-                f"| {width['hidden']} / {width['intermediate']} | {name} | {entry['seconds_per_edit']:.2f} | "
+                f"| {width['hidden']} / {width['intermediate']} | {label} | {entry['seconds_per_edit']:.2f} | "
                 + (f"{theirs['seconds_per_edit']:.2f} | {entry['ratio_to_easyedit']:.2f} | " if theirs else "– | – | ")
                 + f"{entry['prepare_seconds']:.1f}" + (f" ({theirs['prepare_seconds']:.1f})" if theirs else "") + " | "
                 + (f"{megabytes(entry['state_bytes'])}" if "state_bytes" in entry else "–")
@@ -431,6 +479,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--alphaedit-max-hidden", type=int, default=2048, help="AlphaEdit only up to this hidden width")
     parser.add_argument("--statistics-max-hidden", type=int, default=2048, help="time statistics collection alone up to this width")
+    parser.add_argument("--synthetic-null-space", type=float, metavar="FRACTION",
+                        help="AlphaEdit (both sides) on a random orthonormal null space of FRACTION × d_ff dimensions instead of one "
+                        "from statistics: times its edits at any width, without the one-time decomposition")
     parser.add_argument("--easyedit", type=Path, help="a local EasyEdit checkout: also time its ROME and AlphaEdit")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--report", type=Path, help="print the tables of a results file and stop")
@@ -479,6 +530,8 @@ def main() -> None:
         command = [sys.executable, str(Path(__file__).resolve()), "--width-child", str(hidden), "--edits", str(args.edits), "--warmup", str(args.warmup),
                    "--steps", str(args.steps), "--threads", str(args.threads), "--alphaedit-max-hidden",
                    str(args.alphaedit_max_hidden), "--statistics-max-hidden", str(args.statistics_max_hidden), "--editors", *args.editors]
+        if args.synthetic_null_space is not None:
+            command += ["--synthetic-null-space", str(args.synthetic_null_space)]
         if args.easyedit:
             command += ["--easyedit", str(args.easyedit)]
         output = subprocess.run(command, check=True, capture_output=False, stdout=subprocess.PIPE, text=True).stdout

@@ -21,13 +21,15 @@ null space (little energy, but not none) is protected in proportion, as MEMIT pr
 Each update is written as its factors ``R`` and ``(P A⁻¹ P K)ᵀ`` (``A`` the matrix of eq. 9 as
 solved), never as a ``d × d`` matrix.
 
-Editor state and cost: per model and layer the projector (the smaller of its two orthonormal
-bases) and the fp64 inverse of ``B = P (λ C + K_p K_pᵀ) + α I``, kept current by one rank-``n``
-Woodbury step per edit (:class:`.solve.NullSpaceSolver`): an edit costs ``O(d² n)`` and its
-memory does not grow with the number of earlier edits. The layers, prefixes, statistics and
-projectors are derived in :meth:`AlphaEdit.prepare` from the unedited model. The inverse is
-carried from edit to edit: each step's journal holds the keys it added (:meth:`AlphaEdit.journal_state`,
-``n × d`` per layer), and replaying the journal adds them again in the same order
+Editor state and cost: per model and layer the null space (:class:`.solve.Projector`: Householder
+reflectors of the smaller of its eigenvector set and its complement's, from a certified fp32
+eigendecomposition) and the fp64 inverse of the ``r × r`` system eq. 9 becomes in null-space
+coordinates, kept current by one rank-``n`` Woodbury step per edit
+(:class:`.solve.NullSpaceSolver`): at most ``8 d²`` bytes, an edit costs ``O(d k n + r² n)``, and
+neither grows with the number of earlier edits. The layers, prefixes, statistics and projectors are
+derived in :meth:`AlphaEdit.prepare` from the unedited model. The inverse is carried from edit
+to edit: each step's journal holds the keys it added (:meth:`AlphaEdit.journal_state`, ``n × d``
+per layer), and replaying the journal adds them again in the same order
 (:meth:`AlphaEdit.restore_state`), which rebuilds the same fp64 inverse bit for bit. Undoing a
 chain step does not remove its keys; use a new editor to start over.
 """
@@ -151,10 +153,10 @@ class AlphaEdit:
             moment = moment.to(device)
             projector = nullspace_basis(
                 moment, rule=self.config.nullspace_rule, energy_fraction=self.config.energy_fraction,
-                threshold=self.config.nullspace_threshold,
+                threshold=self.config.nullspace_threshold, null_moment=self.config.covariance_weight > 0,
             )
             alpha = self.config.l2 * float(torch.trace(moment.double()))
-            solvers[layer] = NullSpaceSolver(projector, alpha, moment, self.config.covariance_weight)
+            solvers[layer] = NullSpaceSolver(projector, alpha, self.config.covariance_weight)
         return solvers[layer]
 
     def prepare(self, model: Any, requests: Sequence[Any]) -> None:

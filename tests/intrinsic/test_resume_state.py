@@ -121,7 +121,7 @@ def test_alphaedit_journals_only_this_steps_keys():
     state_first = editor.journal_state(model, [first])
     editor.edit(model, [second])
     state_second = editor.journal_state(model, [second])
-    d_in = editor.solver(model, 0).inverse.shape[0]
+    d_in = editor.solver(model, 0).projector.dimension
     # n × d_in per layer, whatever the number of earlier edits: storage stays flat
     assert {k: tuple(v.shape) for k, v in state_second.items()} == {"edited_keys.0": (1, d_in), "edited_keys.1": (1, d_in)}
     assert {k: tuple(v.shape) for k, v in state_first.items()} == {k: tuple(v.shape) for k, v in state_second.items()}

@@ -98,15 +98,21 @@ def test_rome_factor_reused_gives_the_direct_update():
     assert abs(float(right[0] @ key.double()) - 1.0) < 1e-12  # (W + Δ) k = W k + r, whatever u
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.999])  # a small and a large null space: both bases
+@pytest.mark.parametrize("fraction", [0.5, 0.999])  # a small and a large null space
 @pytest.mark.parametrize("weight", [0.0, 3.0])
 def test_null_space_solver_tracks_the_direct_solve_over_sequential_edits(fraction, weight):
-    C = second_moment(36, condition=1e3)
-    projector = nullspace_basis(C, energy_fraction=fraction)
-    assert projector.basis.shape[1] <= 18  # the smaller basis is kept
+    C = second_moment(36, condition=1e3).double()  # fp64: the algebra is compared at 1e-9
+    projector = nullspace_basis(C, energy_fraction=fraction, null_moment=weight > 0)
     P = nullspace_projector(C, energy_fraction=fraction)
+    assert projector.rank == round(float(torch.trace(P)))
+    assert projector.null_given == (fraction == 0.999)  # the smaller set is kept: null space or its complement
+    assert projector.reflectors.shape[1] <= 18
     assert torch.allclose(projector.dense(), P, atol=1e-12)
-    solver = NullSpaceSolver(projector, 1e-2, C, weight)
+    if weight > 0:  # Uᵀ C U from the eigenpairs equals the product with C
+        U = projector.expand(torch.eye(projector.rank, dtype=torch.float64))
+        assert torch.allclose(projector.null_moment, U.T @ C @ U, atol=1e-12)
+    solver = NullSpaceSolver(projector, 1e-2, weight)
+    assert solver.inverse.shape == (projector.rank, projector.rank)  # r × r, not d × d
     earlier = None
     for _ in range(5):
         keys, residuals = torch.randn(2, 36), torch.randn(2, 6)
@@ -117,6 +123,42 @@ def test_null_space_solver_tracks_the_direct_solve_over_sequential_edits(fractio
         moment = keys.double().T @ keys.double()
         earlier = moment if earlier is None else earlier + moment
     assert solver.edited_keys == 10
+
+
+def test_fp32_null_space_is_certified_and_matches_fp64():
+    C = second_moment(200, condition=1e4)
+    fast = nullspace_basis(C, energy_fraction=0.99, null_moment=True)
+    exact = nullspace_basis(C.double(), energy_fraction=0.99, null_moment=True)
+    assert fast.rank == exact.rank
+    # orthonormal to fp64 rounding although the eigenvectors were fp32
+    U = fast.expand(torch.eye(fast.rank, dtype=torch.float64))
+    assert float((U.T @ U - torch.eye(fast.rank, dtype=torch.float64)).abs().max()) < 1e-12
+    # rounding mixes eigenvectors of nearby eigenvalues across the cut-off: the subspace moves by
+    # about 6e-8 ‖C‖ / gap, and the preserved energy it lets through stays the same
+    assert float((fast.dense() - exact.dense()).abs().max()) < 1e-4
+    leaked_fast, leaked_exact = (float(torch.trace(p.dense() @ C.double())) for p in (fast, exact))
+    assert abs(leaked_fast - leaked_exact) < 1e-5 * leaked_exact
+    keys = torch.randn(3, 200)
+    solver_fast, solver_exact = NullSpaceSolver(fast, 1e-2, 5.0), NullSpaceSolver(exact, 1e-2, 5.0)
+    for solver in (solver_fast, solver_exact):
+        solver.add_keys(keys)
+    next_keys, residuals = torch.randn(2, 200), torch.randn(2, 4)
+    assert relative(solver_fast.factors(next_keys, residuals)[1], solver_exact.factors(next_keys, residuals)[1]) < 1e-4
+
+
+def test_a_failed_fp32_eigendecomposition_is_redone_in_fp64(monkeypatch):
+    C = second_moment(40)
+    w, V = torch.linalg.eigh(C)
+    assert solve._eigen_certified(C, w, V)
+    assert not solve._eigen_certified(C, w.flip(0), V)  # eigenvalues paired with the wrong vectors
+    assert not solve._eigen_certified(C, w, 2 * V)  # not normalised
+    monkeypatch.setattr(solve, "_eigen_certified", lambda *args: False)
+    calls = []
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda matrix: calls.append(matrix.dtype) or real_eigh(matrix))
+    projector = nullspace_basis(C, energy_fraction=0.9)
+    assert calls == [torch.float32, torch.float64]
+    assert torch.allclose(projector.dense(), nullspace_projector(C.double(), energy_fraction=0.9), atol=1e-12)
 
 
 def big_solves_refused(monkeypatch, largest):
