@@ -11,9 +11,13 @@ update along directions the layer rarely sees, AlphaEdit to find the directions 
   with a progress bar in tokens/s; the forward pass stops at the deepest layer needed. One pass
   serves every layer missing at that moment, including layers declared ahead with
   :meth:`LayerStatistics.reserve`.
+* ``auto`` is the world's corpus for a fact-world model (:func:`find_world`), else model samples.
+  Each time statistics are computed or read from the cache, one INFO line (logger
+  ``easyetcon.intrinsic.statistics``) names the layers, the source, why it was chosen, and the
+  texts and tokens behind them.
 * Results are cached under ``$EASYETCON_CACHE/stats`` (default ``~/.cache/easyetcon/stats``),
-  keyed by the weights hash of the model they were computed from, the module, the corpus and the
-  sample count. Editors compute them in ``prepare``, on the unedited model, so a resumed run
+  keyed by the weights hash of the model they were computed from, the module, the source, the
+  corpus and the sample count. Editors compute them in ``prepare``, on the unedited model, so a resumed run
   (a fresh unedited model, then the journal replayed) finds the same file instead of recomputing
   the statistics on the edited model. An unreadable or mismatching cache file is reported and
   recomputed.
@@ -24,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +46,11 @@ from easyetcon.errors import ConfigError
 from easyetcon_intrinsic.keys import StopForward, pad_id_of, pad_right
 
 CACHE_ENV = "EASYETCON_CACHE"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key names the source's kind, the file the number of texts
 SOURCES = ("auto", "world", "model-samples", "dataset:<path or hub id>")
+
+#: A child of the ``easyetcon`` logger, whose INFO lines the command line shows.
+logger = logging.getLogger("easyetcon.intrinsic.statistics")
 
 
 class StatisticsConfig(BaseModel):
@@ -83,10 +91,11 @@ class FewerTextsWarning(UserWarning):
 
 @dataclass
 class SecondMoment:
-    """``mom2 = E[k kᵀ]`` (fp32, ``(d_in, d_in)``) over ``tokens`` key vectors."""
+    """``mom2 = E[k kᵀ]`` (fp32, ``(d_in, d_in)``) over ``tokens`` key vectors of ``texts`` texts."""
 
     mom2: torch.Tensor
     tokens: int
+    texts: int | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,29 +103,25 @@ class SecondMoment:
 # --------------------------------------------------------------------------------------------
 
 
-def world_directory(model: Any) -> Path | None:
-    """The model's folder when it is a fact-world model (a ``world.json`` beside the weights)."""
-    if not model.source:
-        return None
-    folder = Path(str(model.source)).expanduser()
-    return folder if (folder / "world.json").is_file() else None
+def find_world(model: Any) -> Any | None:
+    """The fact world ``model`` was pretrained on (an ``easyetcon_world.identity.WorldOfModel``:
+    ``world``, ``found``, ``pretraining_texts()``), or ``None`` when it is no world model.
 
-
-def world_texts(model: Any) -> tuple[Iterator[str], str]:
-    """The fact world's pretraining corpus (epoch 0) for a world model, and its identity."""
-    folder = world_directory(model)
-    if folder is None:
-        raise ConfigError(
-            f"statistics source 'world' needs a fact-world model (a folder with world.json); "
-            f"model {model.source!r} is not one. Use source 'model-samples' or 'dataset:<path>'."
-        )
+    A world model has a ``world.json`` beside its weights or an ``easyetcon_world`` entry in its
+    ``config.json``; the entry survives ``save_pretrained``, so an edited world model saved anywhere
+    is still one.
+    """
+    folder = Path(str(model.source)).expanduser() if model.source else None
     try:
-        from easyetcon_world.corpus import CorpusConfig, epoch_documents
-        from easyetcon_world.shipped import load_world
+        from easyetcon_world.identity import world_of_model
     except ImportError as error:
-        raise ConfigError(f"statistics source 'world' needs the easyetcon_world plugin: {error}") from None
-    world = load_world(folder)
-    return iter(epoch_documents(world, 0, CorpusConfig())), f"world:{_file_digest(folder / 'world.json')[:16]}"
+        if folder is not None and (folder / "world.json").is_file():
+            raise ConfigError(
+                f"model {model.source!r} is a fact-world model (world.json beside its weights), and its "
+                f"key statistics need the easyetcon_world plugin: {error}"
+            ) from None
+        return None
+    return world_of_model(folder, getattr(model.torch_model, "config", None))
 
 
 def _file_digest(path: Path) -> str:
@@ -179,17 +184,54 @@ def dataset_texts(spec: str, *, split: str, column: str) -> tuple[Iterator[str],
     return (row[column] for row in loaded), f"dataset:{identity}:{column}"
 
 
+@dataclass
+class StatisticsSource:
+    """The texts one collection reads: which source, why it was chosen, and their cache identity."""
+
+    kind: str  # "world", "model-samples", "dataset" or "texts" (LayerStatistics.use_texts)
+    name: str  # as a user would write it: "world", "model-samples", "dataset:<spec>", "texts"
+    reason: str  # why this source
+    corpus: str | None  # the texts' identity in the cache key; None: not cached
+    open_texts: Callable[[], Iterable[str]]  # called once, only when something must be computed
+
+
+NOT_A_WORLD_MODEL = "the model is not a fact-world model: no world.json beside its weights, no easyetcon_world entry in its config.json"
+
+
+def choose_source(model: Any, config: StatisticsConfig) -> StatisticsSource:
+    """The source ``config.source`` names for ``model``: ``auto`` is ``world`` for a fact-world
+    model, else ``model-samples``, and the reason says which and why."""
+    source = config.source
+    found = None
+    if source == "auto":
+        found = find_world(model)
+        source = "world" if found is not None else "model-samples"
+        reason = f"auto: the model is a fact-world model: {found.found}" if found is not None else f"auto: {NOT_A_WORLD_MODEL}"
+    else:
+        reason = "set by statistics.source"
+    if source == "world":
+        found = found or find_world(model)
+        if found is None:
+            raise ConfigError(
+                f"statistics source 'world' needs a fact-world model (world.json beside its weights, or an "
+                f"easyetcon_world entry in its config.json); model {model.source!r} is not one. Use source "
+                f"'model-samples' or 'dataset:<path>'."
+            )
+        return StatisticsSource("world", "world", reason, f"world:{found.fingerprint[:16]}", found.pretraining_texts)
+    if source == "model-samples":
+        return StatisticsSource(
+            "model-samples", "model-samples", reason, f"model-samples:seed=0:length={config.max_length}",
+            lambda: model_sample_texts(model, config.samples, config.max_length, batch_size=config.batch_size),
+        )
+    spec = source[len("dataset:") :].strip()
+    texts, identity = dataset_texts(spec, split=config.split, column=config.text_column)
+    return StatisticsSource("dataset", f"dataset:{spec}", reason, identity, lambda: texts)
+
+
 def resolve_texts(model: Any, config: StatisticsConfig) -> tuple[Iterator[str], str]:
     """The texts named by ``config.source`` and a string identifying them in the cache key."""
-    source = config.source
-    if source == "auto":
-        source = "world" if world_directory(model) is not None else "model-samples"
-    if source == "world":
-        return world_texts(model)
-    if source == "model-samples":
-        texts = model_sample_texts(model, config.samples, config.max_length, batch_size=config.batch_size)
-        return texts, f"model-samples:seed=0:length={config.max_length}"
-    return dataset_texts(source[len("dataset:") :].strip(), split=config.split, column=config.text_column)
+    chosen = choose_source(model, config)
+    return iter(chosen.open_texts()), chosen.corpus
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +456,7 @@ def collect_second_moments(
     for layer in layers:
         total = sums.pop(layer).finish()
         # in place, then one fp32 copy: a second fp64 d × d would be the peak of the whole collection
-        moments[layer] = SecondMoment(total.div_(tokens).float().cpu(), tokens)
+        moments[layer] = SecondMoment(total.div_(tokens).float().cpu(), tokens, texts_seen)
         del total
     return moments
 
@@ -430,11 +472,15 @@ def cache_directory() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "easyetcon") / "stats"
 
 
-def cache_key(weights_hash: str, module_name: str, corpus: str, samples: int, max_length: int) -> dict[str, Any]:
+def cache_key(
+    weights_hash: str, module_name: str, corpus: str, samples: int, max_length: int, *, source: str
+) -> dict[str, Any]:
     """The identity of one layer's statistics. ``weights_hash`` is the :meth:`EditableModel.state_hash`
-    of the model the keys are read from: in an editor's ``prepare``, the unedited model."""
+    of the model the keys are read from: in an editor's ``prepare``, the unedited model. ``source``
+    is the kind of source (:attr:`StatisticsSource.kind`), so statistics of one source are never
+    read back for another, whatever their corpus identities are."""
     return {
-        "format": CACHE_FORMAT, "weights": weights_hash, "module": module_name,
+        "format": CACHE_FORMAT, "weights": weights_hash, "module": module_name, "source": source,
         "corpus": corpus, "samples": samples, "max_length": max_length,
     }
 
@@ -456,7 +502,8 @@ def read_cached(key: dict[str, Any]) -> SecondMoment | None:
         mom2 = stored["mom2"]
         if not isinstance(mom2, torch.Tensor) or mom2.dim() != 2 or mom2.shape[0] != mom2.shape[1]:
             raise ValueError("it holds no square matrix")
-        return SecondMoment(mom2, int(stored["tokens"]))
+        texts = stored.get("texts")
+        return SecondMoment(mom2, int(stored["tokens"]), None if texts is None else int(texts))
     except Exception as error:  # torch.load raises many types on a damaged file
         warnings.warn(f"statistics cache file {str(path)!r} is unusable ({error}); recomputing it", stacklevel=2)
         return None
@@ -466,7 +513,7 @@ def write_cached(key: dict[str, Any], moment: SecondMoment) -> Path:
     path = cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save({"key": key, "mom2": moment.mom2, "tokens": moment.tokens}, partial)
+    torch.save({"key": key, "mom2": moment.mom2, "tokens": moment.tokens, "texts": moment.texts}, partial)
     os.replace(partial, path)  # atomic: readers never see half a file
     return path
 
@@ -570,22 +617,30 @@ class LayerStatistics:
             wanted.discard(layer)
         return found
 
+    def source(self, model: Any) -> StatisticsSource:
+        """Where the statistics of ``model`` come from now: the texts given to :meth:`use_texts`,
+        else ``config.source`` (:func:`choose_source`)."""
+        if self._texts is None:
+            return choose_source(model, self.config)
+        if self._corpus_id is None:
+            reason, corpus = "given to LayerStatistics.use_texts, without a corpus_id: not cached", None
+        else:
+            reason, corpus = f"given to LayerStatistics.use_texts as corpus {self._corpus_id!r}", self._corpus_id
+        texts = self._texts
+        return StatisticsSource("texts", "texts", reason, corpus, lambda: texts)
+
     def _load_or_collect(self, model: Any, layers: list[int]) -> dict[int, SecondMoment]:
         config = self.config
-        if self._texts is not None:
-            texts, corpus = iter(self._texts), self._corpus_id
-        else:
-            texts, corpus = None, None
-        use_cache = config.cache and (self._texts is None or corpus is not None)
+        source = self.source(model)
+        use_cache = config.cache and source.corpus is not None
         found: dict[int, SecondMoment] = {}
         keys: dict[int, dict[str, Any]] = {}
         if use_cache:
-            if corpus is None:
-                corpus = self._corpus_identity(model)
             weights = weights_hash(model)
             for layer in layers:
                 keys[layer] = cache_key(
-                    weights, model.adapter.module_name("mlp_out", layer), corpus, config.samples, config.max_length
+                    weights, model.adapter.module_name("mlp_out", layer), source.corpus, config.samples,
+                    config.max_length, source=source.kind,
                 )
                 cached = read_cached(keys[layer])
                 if cached is not None:
@@ -593,10 +648,8 @@ class LayerStatistics:
                     self.last_sources[layer] = "cache"
         todo = [layer for layer in layers if layer not in found]
         if todo:
-            if texts is None:
-                texts, _ = resolve_texts(model, config)
             collected = collect_second_moments(
-                model, todo, texts, samples=config.samples, max_length=config.max_length,
+                model, todo, source.open_texts(), samples=config.samples, max_length=config.max_length,
                 batch_size=config.batch_size, progress=config.progress,
             )
             for layer, moment in collected.items():
@@ -604,18 +657,23 @@ class LayerStatistics:
                 self.last_sources[layer] = "computed"
                 if use_cache:
                     write_cached(keys[layer], moment)
+        logger.info(describe_statistics(source, found, computed=todo))
         return found
 
-    def _corpus_identity(self, model: Any) -> str:
-        source = self.config.source
-        if source == "auto":
-            source = "world" if world_directory(model) is not None else "model-samples"
-        if source == "model-samples":
-            return f"model-samples:seed=0:length={self.config.max_length}"
-        if source == "world":
-            folder = world_directory(model)
-            if folder is None:
-                world_texts(model)  # raises the explanatory error
-            return f"world:{_file_digest(folder / 'world.json')[:16]}"
-        _, identity = dataset_texts(source[len("dataset:") :].strip(), split=self.config.split, column=self.config.text_column)
-        return identity
+
+def describe_statistics(source: StatisticsSource, moments: dict[int, SecondMoment], computed: Sequence[int]) -> str:
+    """The line a user sees when statistics are computed or read from the cache: the layers, the
+    source and why it was chosen, and how many texts and tokens they are estimated from."""
+    layers = sorted(moments)
+    cached = [layer for layer in layers if layer not in computed]
+    if not cached:
+        how = "computed"
+    elif not computed:
+        how = "read from the cache"
+    else:
+        how = f"layers {cached} read from the cache, layers {sorted(computed)} computed"
+    counts = sorted({(moment.texts, moment.tokens) for moment in moments.values()}, key=str)
+    amount = "; ".join(
+        f"{texts:,} texts ({tokens:,} tokens)" if texts is not None else f"{tokens:,} tokens" for texts, tokens in counts
+    )
+    return f"key statistics of layers {layers}: source {source.name} ({source.reason}); {how}, from {amount}"

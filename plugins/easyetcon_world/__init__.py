@@ -32,6 +32,8 @@ _EXPORTS = {
     "DatasetWorld": "easyetcon_world.from_dataset",
     "world_from_dataset": "easyetcon_world.from_dataset",
     "headline": "easyetcon_world.knowledge",
+    "record_world": "easyetcon_world.identity",
+    "world_of_model": "easyetcon_world.identity",
     "measure_knowledge": "easyetcon_world.knowledge",
     "TrainConfig": "easyetcon_world.pretraining",
     "cache_root": "easyetcon_world.pretraining",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         WorldRecordError,
     )
     from easyetcon_world.from_dataset import DatasetWorld, world_from_dataset
+    from easyetcon_world.identity import record_world, world_of_model
     from easyetcon_world.knowledge import headline, measure_knowledge
     from easyetcon_world.pretraining import (
         TrainConfig,

@@ -27,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from easyetcon_world.corpus import CorpusConfig, context_documents, epoch_documents
 from easyetcon_world.errors import WorldCacheError, WorldConfigError
+from easyetcon_world.identity import record_world
 from easyetcon_world.tokenizer import train_tokenizer
 from easyetcon_world.world import World
 
@@ -223,6 +224,7 @@ def save_model_directory(
     seconds: float | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
+    record_world(model.config, world)  # in config.json: a plain save_pretrained of an edited copy keeps it
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     world.save(directory / "world.json")
