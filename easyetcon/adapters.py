@@ -159,24 +159,34 @@ BUILTIN_ADAPTERS: dict[str, tuple[ArchitectureAdapter, tuple[str, ...]]] = {
 }
 
 
-def _transformers_classes(names: tuple[str, ...]) -> tuple[type, ...]:
-    import transformers
+def _instance_of_transformers_class(names: tuple[str, ...]) -> Any:
+    """``matches(model)``: ``model`` is an instance of one of the transformers classes ``names``.
 
-    found = []
-    for name in names:
-        try:
-            found.append(getattr(transformers, name))
-        except (AttributeError, ImportError):  # absent from this transformers version
-            continue
-    return tuple(found)
+    The classes are imported on the first call, so registering the adapters imports nothing; a
+    class absent from the installed transformers version matches no model."""
+    classes: tuple[type, ...] | None = None
+
+    def matches(model: Any) -> bool:
+        nonlocal classes
+        if classes is None:
+            import transformers
+
+            found = []
+            for name in names:
+                try:
+                    found.append(getattr(transformers, name))
+                except (AttributeError, ImportError):  # absent from this transformers version
+                    continue
+            classes = tuple(found)
+        return bool(classes) and isinstance(model, classes)
+
+    return matches
 
 
 @hookimpl
 def easyetcon_register_model_adapters(register: Any) -> None:
     for name, (adapter, class_names) in BUILTIN_ADAPTERS.items():
-        classes = _transformers_classes(class_names)
-        if classes:
-            register(name, adapter, matches=classes)
+        register(name, adapter, matches=_instance_of_transformers_class(class_names))
 
 
 # ------------------------------------------------------------------------------------------

@@ -4,13 +4,17 @@ plugins add more through the ``easyetcon_register_commands`` hook."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -20,8 +24,18 @@ from easyetcon.plugins import get_host
 console = Console()
 
 
+#: The exit code of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+INTERRUPTED_EXIT_CODE = 130
+_ARGUMENTS_KEY = "easyetcon.arguments"
+
+
 class _Group(click.Group):
-    """Turns easyetcon's own errors into one clear line and exit code 2, not a traceback."""
+    """Turns easyetcon's own errors into one clear line and exit code 2, and Ctrl-C into one
+    line saying how to run the command again and exit code 130, not a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGUMENTS_KEY] = list(args)  # for command_line(): what to run to resume
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         from easyetcon.files import describe_os_error
@@ -34,12 +48,53 @@ class _Group(click.Group):
         except OSError as error:  # a full disk, a read-only folder: the user's files are as they were
             click.echo(f"error: {describe_os_error(error, 'complete the command')}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # a command without its own message for Ctrl-C
+            exit_interrupted(f"the command stopped before it finished; to run it again: {command_line(ctx)}")
+
+
+def command_line(ctx: click.Context | None = None, *, leave_out: Iterable[str] = ()) -> str:
+    """The running ``easyetcon`` command as a shell line to paste, less the flags in
+    ``leave_out`` (flags without a value, such as ``--no-resume``)."""
+    ctx = ctx or click.get_current_context()
+    arguments = ctx.find_root().meta.get(_ARGUMENTS_KEY, [])
+    dropped = set(leave_out)
+    return shlex.join(["easyetcon", *(a for a in arguments if a not in dropped)])
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """End a command stopped by Ctrl-C: ``interrupted: <message>`` on stderr, exit code 130."""
+    click.echo(f"interrupted: {message}", err=True)
+    sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+class _InfoLines(logging.Handler):
+    """Shows what easyetcon and its plugins log at INFO or above (the ``easyetcon`` logger and
+    its children, e.g. the layer a traced editor chose) as plain lines on stderr, above any
+    progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - a failed info line must never end the command
+            self.handleError(record)
+
+
+def show_info_lines() -> None:
+    """Send the ``easyetcon`` loggers' INFO lines to stderr (once per process)."""
+    logger = logging.getLogger("easyetcon")
+    if not any(isinstance(handler, _InfoLines) for handler in logger.handlers):
+        logger.addHandler(_InfoLines())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="easyetcon")
 def cli() -> None:
     """Edit the knowledge of language models, then consolidate it."""
+    show_info_lines()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,13 +126,22 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    table = Table(title="easyetcon editors")
-    for column in ("name", "family", "subfamily", "distribution", "summary"):
-        table.add_column(column, overflow="fold")
-    for e in editors:
-        table.add_row(e.name, e.family.value, e.subfamily, e.distribution, e.summary)
-    console.print(table)
-    if not editors:
+    # one table, a section per family; names and labels never wrap, summaries wrap by words,
+    # so it reads at 80 columns
+    table = Table(title="easyetcon editors", box=box.SIMPLE_HEAD, padding=(0, 1), expand=False)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("subfamily", no_wrap=True)
+    table.add_column("summary", overflow="fold")
+    for index, family_editors in enumerate(_by_family(editors)):
+        if index:
+            table.add_section()
+        table.add_row(f"[cyan]{family_editors[0].family.value}[/cyan]", "", "")
+        for e in family_editors:
+            origin = "" if e.distribution == "easyetcon" else f" [dim](from {e.distribution})[/dim]"
+            table.add_row(f"  {e.name}", e.subfamily, e.summary + origin)
+    if editors:
+        console.print(table)
+    else:
         console.print("no editors match" if (family or subfamily) else registry.describe_known_editors())
     if family is None and subfamily is None:
         for kind, names in (
@@ -88,6 +152,13 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             ("model names", [p.name for p in registry.parts("model")]),
         ):
             console.print(f"[bold]{kind}:[/bold] {', '.join(names) or '(none)'}")
+
+
+def _by_family(editors: list[Any]) -> list[list[Any]]:
+    groups: dict[Any, list[Any]] = {}
+    for e in editors:
+        groups.setdefault(e.family, []).append(e)
+    return list(groups.values())
 
 
 def _parts_json(registry: Any, kind: str) -> list[dict[str, str]]:
@@ -129,23 +200,32 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     model_source = model_name or spec.model
     if not model_source:
         raise click.UsageError("no model: pass --model or set 'model:' in the chain spec")
-    with locked_folder(out):
-        for removed in remove_abandoned_staging(out.parent):
-            console.print(f"removed {removed}, left behind by an interrupted run")
-        _require_empty_output(out)  # another run may have finished into it meanwhile
-        model = load_model(model_source, dtype=dtype or spec.dtype, device_map=spec.device_map)
-        console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
-        # Build the run in a hidden folder beside OUT, then rename it onto OUT in one step, so
-        # OUT is either untouched or complete.
-        with staging_folder(out.parent, out.name) as staging:
-            built = staging / "run"
-            journal = Journal(built / "journal", metadata={"model": model_source, "chain_spec": spec.model_dump(mode="json")})
-            result = chain.apply(
-                model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
-                journal=journal, progress=True,
-            )
-            model.save_pretrained(built / "model")
-            os.rename(built, out)  # replaces the empty OUT in one step
+    try:
+        with locked_folder(out):
+            for removed in remove_abandoned_staging(out.parent):
+                console.print(f"removed {removed}, left behind by an interrupted run")
+            _require_empty_output(out)  # another run may have finished into it meanwhile
+            model = load_model(model_source, dtype=dtype or spec.dtype, device_map=spec.device_map)
+            console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
+            # Build the run in a hidden folder beside OUT, then rename it onto OUT in one step, so
+            # OUT is either untouched or complete.
+            with staging_folder(out.parent, out.name) as staging:
+                built = staging / "run"
+                journal = Journal(built / "journal", metadata={"model": model_source, "chain_spec": spec.model_dump(mode="json")})
+                result = chain.apply(
+                    model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
+                    journal=journal, progress=True,
+                )
+                model.save_pretrained(built / "model")
+                os.rename(built, out)  # replaces the empty OUT in one step
+    except KeyboardInterrupt:
+        if (out / "journal").is_dir():  # stopped after the rename: the run is complete
+            exit_interrupted(f"the run had finished and is saved in {str(out)!r}")
+        # `edit` saves nothing until the whole chain has run, so there is nothing to resume.
+        exit_interrupted(
+            f"the chain was rolled back and {str(out)!r} was not written (edit saves its run only "
+            f"once every request is edited); to start it again: {command_line()}"
+        )
     timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
     console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
     console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
@@ -256,16 +336,33 @@ def show_journal(run_dir: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"metadata": journal.metadata, "steps": entries}, indent=2))
         return
-    table = Table(title=f"journal {journal.directory}")
-    for column in ("#", "step", "editor", "family", "requests", "seconds", "status"):
-        table.add_column(column)
+    table = Table(title=f"journal {journal.directory}", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, pad_edge=False)
+    # Names, numbers and statuses are never cut or broken (the editor and family go under the
+    # step's label, so the table reads at 80 columns); the request ids take the remaining width
+    # and wrap between ids.
+    table.add_column("#", no_wrap=True, justify="right")
+    table.add_column("step / editor · family", no_wrap=True)
+    table.add_column("requests", overflow="fold", ratio=1)
+    table.add_column("seconds", no_wrap=True, justify="right")
+    table.add_column("status", no_wrap=True)
     for e in entries:
-        ids = e["request_ids"]
         table.add_row(
-            str(e["position"]), e["step_name"], e["editor"], e["family"],
-            ", ".join(ids[:3]) + (" ..." if len(ids) > 3 else ""), f"{e['seconds']:.2f}", e["status"],
+            str(e["position"]), f"{e['step_name']}\n[dim]{e['editor']} · {e['family']}[/dim]",
+            request_ids_cell(e["request_ids"]), f"{e['seconds']:.2f}", e["status"],
         )
     console.print(table)
+
+
+#: How many request ids a journal row lists before it gives only their count.
+JOURNAL_IDS_SHOWN = 5
+
+
+def request_ids_cell(ids: list[str]) -> str:
+    """The request ids of a journal row, each whole; a batch of more than
+    :data:`JOURNAL_IDS_SHOWN` lists the first ones and how many more there are."""
+    shown = ", ".join(ids[:JOURNAL_IDS_SHOWN])
+    more = len(ids) - JOURNAL_IDS_SHOWN
+    return f"{shown}, … (+{more} more; --json lists all)" if more > 0 else shown
 
 
 _commands_registered = False

@@ -58,6 +58,10 @@ def easyetcon_register_memory_editors(register: Any) -> None:
         ``extra="forbid"`` holding every option; ``subfamily`` is a short label such as
         ``"retrieval"`` or ``"codebook"``; ``summary`` is one line shown by
         ``easyetcon plugins``. A name registered twice is an error naming both distributions.
+        ``editor_class`` and ``config`` may also be given by reference, a string
+        ``"package.module:Class"``: the module is imported the first time the editor is used
+        and checked then, so listing the plugins does not import its dependencies (the
+        built-ins register this way).
     :returns: nothing; results go through ``register``.
     """
 
@@ -126,6 +130,8 @@ def easyetcon_register_datasets(register: Any) -> None:
         ``config`` is a pydantic model class of the loader's options (a path, a split, a seed);
         ``detect``, if given, is ``detect(records: list[dict]) -> bool`` and says whether raw
         JSON records are in this loader's format, so formats can be recognised automatically.
+        ``loader``, ``config`` and ``detect`` may be references (``"package.module:name"``),
+        imported on first use.
     :returns: nothing; results go through ``register``.
     """
 
@@ -142,7 +148,8 @@ def easyetcon_register_metrics(register: Any) -> None:
         scores from different protocols are never mixed) and a method
         ``score(model, prompts, answers) -> list[float]`` where ``model`` is an
         :class:`easyetcon.EditableModel`, ``prompts`` a sequence of strings and ``answers`` a
-        sequence of sequences of acceptable answers (one sequence per prompt).
+        sequence of sequences of acceptable answers (one sequence per prompt). ``metric`` may be
+        a reference (``"package.module:INSTANCE"``), imported and checked on first use.
     :returns: nothing; results go through ``register``.
     """
 
@@ -157,7 +164,8 @@ def easyetcon_register_rewards(register: Any) -> None:
     :param register: call ``register(name, reward, *, summary)``. ``reward`` is a callable
         ``reward(completions, requests) -> list[float]`` taking the generated completions and,
         for each, the :class:`easyetcon.EditRequest` it answers; it returns one score per
-        completion.
+        completion. ``reward`` may be a reference (``"package.module:function"``), imported on
+        first use.
     :returns: nothing; results go through ``register``.
     """
 

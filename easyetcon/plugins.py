@@ -25,8 +25,7 @@ from pydantic import BaseModel
 from easyetcon import hookspecs
 from easyetcon.errors import PluginError
 from easyetcon.hookspecs import PROJECT
-from easyetcon.protocols import FAMILY_PROTOCOLS, missing_protocol_methods
-from easyetcon.registry import DatasetInfo, EditorInfo, Family, NamedPart, Registry
+from easyetcon.registry import DatasetInfo, EditorInfo, Family, NamedPart, Registry, check_reference
 
 BLOCK_ENV = "EASYETCON_BLOCK_PLUGINS"
 TRACE_ENV = "EASYETCON_TRACE_HOOKS"
@@ -195,16 +194,6 @@ class PluginHost:
         self.pm.hook.easyetcon_register_commands(cli=cli)
 
 
-def _check_config_model(config: Any, what: str) -> None:
-    if not (isinstance(config, type) and issubclass(config, BaseModel)):
-        raise PluginError(f"{what}: config must be a pydantic BaseModel subclass, got {config!r}")
-    if config.model_config.get("extra") != "forbid":
-        raise PluginError(
-            f"{what}: config model {config.__name__} must set model_config = "
-            f"ConfigDict(extra='forbid') so misspelled options are rejected"
-        )
-
-
 def _check_summary(summary: Any, what: str) -> None:
     if not isinstance(summary, str) or not summary.strip() or "\n" in summary.strip():
         raise PluginError(f"{what}: summary must be one non-empty line")
@@ -213,29 +202,27 @@ def _check_summary(summary: Any, what: str) -> None:
 def _editor_register(registry: Registry, family: Family, plugin: str, distribution: str) -> Callable:
     def register(
         name: str,
-        editor_class: type,
+        editor_class: type | str,
         *,
-        config: type[BaseModel],
+        config: type[BaseModel] | str,
         subfamily: str,
         summary: str,
     ) -> None:
         what = f"editor {name!r} from plugin {plugin!r} ({distribution})"
         if not isinstance(name, str) or not name.strip():
             raise PluginError(f"plugin {plugin!r} registered an editor without a name")
-        _check_config_model(config, what)
         _check_summary(summary, what)
         if not isinstance(subfamily, str) or not subfamily.strip():
             raise PluginError(f"{what}: subfamily must be a non-empty label such as 'fine-tuning'")
-        protocol = FAMILY_PROTOCOLS[family.value]
-        missing = missing_protocol_methods(editor_class, protocol)
-        if missing:
-            raise PluginError(
-                f"{what}: {editor_class!r} lacks {', '.join(missing)} required by "
-                f"easyetcon.protocols.{protocol.__name__}"
-            )
-        registry.add_editor(
-            EditorInfo(name, family, subfamily, editor_class, config, summary.strip(), distribution)
-        )
+        check_reference(editor_class, what)
+        check_reference(config, what)
+        info = EditorInfo(name, family, subfamily, editor_class, config, summary.strip(), distribution)
+        # objects registered directly are checked now; references when first imported
+        if not isinstance(config, str):
+            info.config_model
+        if not isinstance(editor_class, str):
+            info.editor_class
+        registry.add_editor(info)
 
     return register
 
@@ -243,36 +230,55 @@ def _editor_register(registry: Registry, family: Family, plugin: str, distributi
 def _dataset_register(registry: Registry, plugin: str, distribution: str) -> Callable:
     def register(
         name: str,
-        loader: Callable,
+        loader: Callable | str,
         *,
-        config: type[BaseModel],
+        config: type[BaseModel] | str,
         summary: str,
-        detect: Callable[[list[dict]], bool] | None = None,
+        detect: Callable[[list[dict]], bool] | str | None = None,
     ) -> None:
         what = f"dataset {name!r} from plugin {plugin!r} ({distribution})"
-        _check_config_model(config, what)
         _check_summary(summary, what)
-        if not callable(loader):
-            raise PluginError(f"{what}: loader must be callable")
-        registry.add_dataset(DatasetInfo(name, loader, config, summary.strip(), distribution, detect))
+        for source in (loader, config, detect):
+            check_reference(source, what)
+        info = DatasetInfo(name, loader, config, summary.strip(), distribution, detect)
+        for source, attribute in ((loader, "loader"), (config, "config_model"), (detect, "detect")):
+            if not isinstance(source, str):
+                getattr(info, attribute)
+        registry.add_dataset(info)
 
     return register
+
+
+def _check_metric(metric: Any, what: str) -> None:
+    for attribute in ("protocol", "version", "score"):
+        if not hasattr(metric, attribute):
+            raise PluginError(f"{what}: a metric needs a {attribute!r} attribute")
+
+
+def _check_reward(reward: Any, what: str) -> None:
+    if not callable(reward):
+        raise PluginError(f"{what}: a reward must be callable(completions, requests)")
+
+
+def _check_model_locator(locate: Any, what: str) -> None:
+    if not callable(locate):
+        raise PluginError(f"{what}: a model name's locate must be callable")
+
+
+_PART_CHECKS = {"metric": _check_metric, "reward": _check_reward, "model": _check_model_locator}
 
 
 def _part_register(registry: Registry, kind: str, plugin: str, distribution: str) -> Callable:
     def register(name: str, obj: Any, *, summary: str) -> None:
         what = f"{kind} {name!r} from plugin {plugin!r} ({distribution})"
         _check_summary(summary, what)
-        if kind == "metric":
-            for attribute in ("protocol", "version", "score"):
-                if not hasattr(obj, attribute):
-                    raise PluginError(f"{what}: a metric needs a {attribute!r} attribute")
-        elif kind == "model":
-            if not callable(obj) or not isinstance(name, str) or not name.strip() or "/" in name:
-                raise PluginError(f"{what}: a model name is one word without '/' (hub ids have one) and locate a callable")
-        elif not callable(obj):
-            raise PluginError(f"{what}: a reward must be callable(completions, requests)")
-        registry.add_part(NamedPart(kind, name, obj, summary.strip(), distribution))
+        if kind == "model" and (not isinstance(name, str) or not name.strip() or "/" in name):
+            raise PluginError(f"{what}: a model name is one word without '/' (hub ids have one)")
+        check_reference(obj, what)
+        part = NamedPart(kind, name, obj, summary.strip(), distribution, check=_PART_CHECKS[kind])
+        if not isinstance(obj, str):
+            part.obj
+        registry.add_part(part)
 
     return register
 

@@ -1,11 +1,21 @@
 """The taxonomy registry: every editor, dataset, metric, reward and architecture adapter the
-loaded plugins registered, with the distribution each came from."""
+loaded plugins registered, with the distribution each came from.
+
+A plugin may register a class or function as the object itself or by reference, a string
+``"package.module:attribute"``. A reference is imported the first time the object is used, so
+building the registry, and ``easyetcon plugins``, imports no editor's dependencies (torch,
+transformers): the registry lists names, families and summaries without them. A reference is
+checked when it is imported, with the same checks and messages as an object registered directly.
+"""
 
 from __future__ import annotations
 
 import enum
+import importlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -33,17 +43,83 @@ class Family(str, enum.Enum):
             raise ConfigError(f"unknown family {value!r}; valid families: {valid}") from None
 
 
+#: ``"package.module:attribute"``, the attribute possibly dotted (``"pkg.mod:Outer.Inner"``).
+REFERENCE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, str) and REFERENCE.match(value) is not None
+
+
+def check_reference(value: Any, what: str) -> None:
+    """Refuse, at registration, a string that is not a well-formed reference."""
+    if isinstance(value, str) and not is_reference(value):
+        raise PluginError(f"{what}: {value!r} is not a reference of the form 'package.module:attribute'")
+
+
+def resolve(value: Any, what: str) -> Any:
+    """``value`` itself, or the object a reference names (imported now)."""
+    if not isinstance(value, str):
+        return value
+    module_name, _, attribute = value.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except ImportError as error:
+        raise PluginError(f"{what}: cannot import {value!r}: {error}") from error
+    except AttributeError:
+        raise PluginError(f"{what}: module {module_name!r} has no attribute {attribute!r} (registered as {value!r})") from None
+    return found
+
+
+def check_config_model(config: Any, what: str) -> None:
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        raise PluginError(f"{what}: config must be a pydantic BaseModel subclass, got {config!r}")
+    if config.model_config.get("extra") != "forbid":
+        raise PluginError(
+            f"{what}: config model {config.__name__} must set model_config = "
+            f"ConfigDict(extra='forbid') so misspelled options are rejected"
+        )
+
+
 @dataclass(frozen=True)
 class EditorInfo:
-    """What a plugin registered for one editor."""
+    """What a plugin registered for one editor. ``editor_source`` and ``config_source`` are the
+    class and config model as registered (objects or references); ``editor_class`` and
+    ``config_model`` import and check them on first use."""
 
     name: str
     family: Family
     subfamily: str
-    editor_class: type
-    config_model: type[BaseModel]
+    editor_source: type | str
+    config_source: type[BaseModel] | str
     summary: str
     distribution: str
+
+    @property
+    def _what(self) -> str:
+        return f"editor {self.name!r} ({self.distribution})"
+
+    @cached_property
+    def editor_class(self) -> type:
+        from easyetcon.protocols import FAMILY_PROTOCOLS, missing_protocol_methods
+
+        editor_class = resolve(self.editor_source, self._what)
+        protocol = FAMILY_PROTOCOLS[self.family.value]
+        missing = missing_protocol_methods(editor_class, protocol) if isinstance(editor_class, type) else ["a class"]
+        if missing:
+            raise PluginError(
+                f"{self._what}: {editor_class!r} lacks {', '.join(missing)} required by "
+                f"easyetcon.protocols.{protocol.__name__}"
+            )
+        return editor_class
+
+    @cached_property
+    def config_model(self) -> type[BaseModel]:
+        config = resolve(self.config_source, self._what)
+        check_config_model(config, self._what)
+        return config
 
     def validate_options(self, options: dict[str, Any] | BaseModel | None = None) -> BaseModel:
         """Validate ``options`` against the editor's config model; every field error is reported."""
@@ -80,12 +156,39 @@ def format_field_errors(error: ValidationError, prefix: str = "") -> list[str]:
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """A registered dataset loader; the ``*_source`` fields are objects or references,
+    imported (and checked) by ``loader``, ``config_model`` and ``detect`` on first use."""
+
     name: str
-    loader: Callable[[BaseModel], list]
-    config_model: type[BaseModel]
+    loader_source: Callable[[BaseModel], list] | str
+    config_source: type[BaseModel] | str
     summary: str
     distribution: str
-    detect: Callable[[list[dict]], bool] | None = None
+    detect_source: Callable[[list[dict]], bool] | str | None = None
+
+    @property
+    def _what(self) -> str:
+        return f"dataset {self.name!r} ({self.distribution})"
+
+    @cached_property
+    def loader(self) -> Callable[[BaseModel], list]:
+        loader = resolve(self.loader_source, self._what)
+        if not callable(loader):
+            raise PluginError(f"{self._what}: loader must be callable")
+        return loader
+
+    @cached_property
+    def config_model(self) -> type[BaseModel]:
+        config = resolve(self.config_source, self._what)
+        check_config_model(config, self._what)
+        return config
+
+    @cached_property
+    def detect(self) -> Callable[[list[dict]], bool] | None:
+        detect = resolve(self.detect_source, self._what)
+        if detect is not None and not callable(detect):
+            raise PluginError(f"{self._what}: detect must be callable(records) -> bool")
+        return detect
 
     def load(self, options: dict[str, Any] | None = None) -> list:
         try:
@@ -99,14 +202,24 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class NamedPart:
-    """A registered metric, reward, architecture adapter or model name."""
+    """A registered metric, reward, architecture adapter or model name; ``source`` is the
+    object or a reference, imported and checked (``check``) by ``obj`` on first use."""
 
     kind: str
     name: str
-    obj: Any
+    source: Any
     summary: str
     distribution: str
     extra: dict[str, Any] = field(default_factory=dict)
+    check: Callable[[Any, str], None] | None = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def obj(self) -> Any:
+        what = f"{self.kind} {self.name!r} ({self.distribution})"
+        found = resolve(self.source, what)
+        if self.check is not None:
+            self.check(found, what)
+        return found
 
 
 class Registry:

@@ -44,6 +44,25 @@ def test_plugins_table_filter_and_json(toy_host):
     assert bad.exit_code == 2 and "valid families" in bad.output
 
 
+def test_plugins_reads_at_80_columns(monkeypatch):
+    """The real plugins, at a terminal 80 columns wide: no line longer, no name broken."""
+    from easyetcon import cli as cli_module
+    from rich.console import Console
+
+    monkeypatch.setattr(cli_module, "console", Console(width=80, force_terminal=False))
+    set_host(PluginHost())
+    try:
+        result = run("plugins")
+    finally:
+        set_host(None)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = {word for line in lines for word in line.split()}
+    for name in ("retrieval-memory", "lora-merge", "alphaedit", "ft-m", "tpsft", "grpo", "locate-then-edit", "external-memory"):
+        assert name in words, f"{name!r} is wrapped or missing at 80 columns"
+
+
 def test_edit_journal_undo_round_trip(workspace):
     base = load_model(workspace / "base").state_hash()
     result = run("edit", "--chain", workspace / "chain.yaml", "--data", workspace / "requests.json", "--out", workspace / "run")

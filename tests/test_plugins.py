@@ -1,5 +1,6 @@
 """The plugin host: discovery, blocking, tracing, validation of what plugins register."""
 
+import sys
 from importlib import metadata
 
 import pytest
@@ -128,3 +129,56 @@ def test_a_plugin_that_fails_to_import_is_named(monkeypatch):
     monkeypatch.setattr(metadata, "entry_points", lambda group: [broken])
     with pytest.raises(PluginError, match="'broken'.*failed to import.*EASYETCON_BLOCK_PLUGINS=broken"):
         PluginHost()
+
+
+LAZY = "tests.lazy_editor_module"
+
+
+def test_an_editor_registered_by_reference_is_imported_on_first_use(monkeypatch):
+    monkeypatch.setenv("EASYETCON_BLOCK_PLUGINS", "*")
+    monkeypatch.delitem(sys.modules, LAZY, raising=False)
+    plugin = _plugin_registering("lazy", editor_class=f"{LAZY}:LazyEditor", config=f"{LAZY}:LazyConfig")
+    registry = PluginHost(plugins=[plugin]).registry
+    assert [e.name for e in registry.editors("intrinsic")] == ["lazy"]
+    assert LAZY not in sys.modules  # listed without importing it
+    editor = registry.editor("lazy").create({"layer": 2})
+    assert LAZY in sys.modules and type(editor).__name__ == "LazyEditor" and editor.config.layer == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"editor_class": f"{LAZY}:NoSuchEditor"}, f"has no attribute 'NoSuchEditor'.*{LAZY}:NoSuchEditor"),
+        ({"editor_class": "tests.no_such_module:Editor"}, "cannot import 'tests.no_such_module:Editor'"),
+        ({"editor_class": f"{LAZY}:NotAnEditor"}, "lacks weights_to_edit, edit"),
+        ({"config": f"{LAZY}:LooseConfig"}, "extra='forbid'"),
+    ],
+)
+def test_a_bad_reference_fails_on_first_use_naming_the_editor(monkeypatch, overrides, message):
+    monkeypatch.setenv("EASYETCON_BLOCK_PLUGINS", "*")
+    arguments = {"editor_class": f"{LAZY}:LazyEditor", "config": f"{LAZY}:LazyConfig", **overrides}
+    registry = PluginHost(plugins=[_plugin_registering("lazy", **arguments)]).registry
+    with pytest.raises(PluginError, match=f"editor 'lazy'.*{message}"):
+        registry.editor("lazy").create()
+
+
+def test_a_malformed_reference_is_refused_at_registration(monkeypatch):
+    monkeypatch.setenv("EASYETCON_BLOCK_PLUGINS", "*")
+    host = PluginHost(plugins=[_plugin_registering("lazy", editor_class="lazy_editor_module.LazyEditor")])
+    with pytest.raises(PluginError, match="not a reference of the form 'package.module:attribute'"):
+        host.registry
+
+
+def test_a_metric_registered_by_reference_is_checked_when_imported(monkeypatch):
+    monkeypatch.setenv("EASYETCON_BLOCK_PLUGINS", "*")
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def easyetcon_register_metrics(register):
+            register("not-a-metric", f"{LAZY}:NotAMetric", summary="Missing protocol, version and score.")
+
+    registry = PluginHost(plugins=[Plugin()]).registry
+    assert [p.name for p in registry.parts("metric")] == ["not-a-metric"]
+    with pytest.raises(PluginError, match="metric 'not-a-metric'.*needs a 'protocol' attribute"):
+        registry.metric("not-a-metric")

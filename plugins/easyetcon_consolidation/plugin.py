@@ -6,26 +6,23 @@ from typing import Any
 
 from easyetcon.hookspecs import hookimpl
 
-# The editors' modules import torch: they load when the registry is built, not when the plugin
-# is (so `easyetcon --help` stays fast).
+# The editors are registered by reference ("module:Class"): their modules import torch and TRL,
+# and load when an editor is first used, so listing the plugins stays fast.
 
 
 @hookimpl
 def easyetcon_register_consolidators(register: Any) -> None:
-    from easyetcon_consolidation.grpo import GRPOConsolidation, GRPOConsolidationConfig
-    from easyetcon_consolidation.tpsft import TPSFT, TPSFTConfig
-
     register(
         "tpsft",
-        TPSFT,
-        config=TPSFTConfig,
+        "easyetcon_consolidation.tpsft:TPSFT",
+        config="easyetcon_consolidation.tpsft:TPSFTConfig",
         subfamily="proximal-SFT",
         summary="EtCon's edit stage: trust-region (clipped-ratio) fine-tuning of selected FFN weights.",
     )
     register(
         "grpo",
-        GRPOConsolidation,
-        config=GRPOConsolidationConfig,
+        "easyetcon_consolidation.grpo:GRPOConsolidation",
+        config="easyetcon_consolidation.grpo:GRPOConsolidationConfig",
         subfamily="RL",
         summary="EtCon's consolidation: GRPO (TRL) with correctness/format/cleanliness/consistency rewards.",
     )

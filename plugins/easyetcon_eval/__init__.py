@@ -25,6 +25,7 @@ _EXPORTS = {
     "compute_baseline": "easyetcon_eval.evaluate",
     "evaluate_edits": "easyetcon_eval.evaluate",
     "greedy_continuations": "easyetcon_eval.generation",
+    "LifelongInterrupted": "easyetcon_eval.lifelong",
     "LifelongResult": "easyetcon_eval.lifelong",
     "latest_edits": "easyetcon_eval.lifelong",
     "parse_schedule": "easyetcon_eval.lifelong",

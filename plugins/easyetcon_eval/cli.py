@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -35,11 +34,11 @@ def eval_command(model_name, chain_path, data, data_format, data_option, protoco
     journal when started again with the same arguments."""
     from rich.console import Console
 
-    from easyetcon.cli import parse_data_options
+    from easyetcon.cli import command_line, exit_interrupted, parse_data_options
     from easyetcon.dataset_files import load_requests_from
     from easyetcon.model import load_model
     from easyetcon.spec import load_chain_spec
-    from easyetcon_eval.lifelong import parse_schedule, run_lifelong
+    from easyetcon_eval.lifelong import LifelongInterrupted, parse_schedule, run_lifelong
 
     console = Console()
     parse_schedule(schedule)  # fail before loading anything
@@ -48,26 +47,41 @@ def eval_command(model_name, chain_path, data, data_format, data_option, protoco
     source = model_name or spec.model
     if not source:
         raise click.UsageError("no model: pass --model or set 'model:' in the chain spec")
-    model = load_model(source, dtype=dtype or spec.dtype, device_map=spec.device_map)
-    console.print(f"loaded {type(model.torch_model).__name__} from {source}; {len(requests)} request(s); chain {chain!r}")
-    result = run_lifelong(
-        model, chain, requests, schedule=schedule, protocols=protocols or ("teacher-forced", "generation"),
-        mode=mode or spec.mode, batch_size=batch_size or spec.batch_size, out_dir=out_dir,
-        resume=not no_resume, retention_sample=retention_sample, max_new_tokens=max_new_tokens,
-        judge=judge, fluency=fluency, progress=True, report=False,
-    )
-    from easyetcon_eval.reports import write_report
+    # Starting the same command again resumes; --no-resume would refuse the run this one began.
+    resume_with = command_line(leave_out=["--no-resume"])
+    try:
+        model = load_model(source, dtype=dtype or spec.dtype, device_map=spec.device_map)
+        console.print(f"loaded {type(model.torch_model).__name__} from {source}; {len(requests)} request(s); chain {chain!r}")
+        result = run_lifelong(
+            model, chain, requests, schedule=schedule, protocols=protocols or ("teacher-forced", "generation"),
+            mode=mode or spec.mode, batch_size=batch_size or spec.batch_size, out_dir=out_dir,
+            resume=not no_resume, retention_sample=retention_sample, max_new_tokens=max_new_tokens,
+            judge=judge, fluency=fluency, progress=True, report=False,
+        )
+    except LifelongInterrupted as interrupt:
+        exit_interrupted(
+            f"{interrupt.edits} of {interrupt.total} edit(s) done and kept in {str(out_dir)!r}; "
+            f"to resume from edit {min(interrupt.edits + 1, interrupt.total)}: {resume_with}"
+        )
+    except KeyboardInterrupt:
+        exit_interrupted(f"stopped before the first edit; to start the run again: {resume_with}")
+    from easyetcon_eval.reports import results_table, write_report
 
     metadata = {"model": source, "chain_spec": str(chain_path), "data": data, "requests": len(requests)}
     paths = write_report(out_dir, result, metadata=metadata)
-    click.echo(Path(paths["md"]).read_text(encoding="utf-8").split("## Unedited")[0].strip())
+    click.echo("\n".join(results_table(result.to_json(), rows_per_protocol=CONSOLE_POINTS)))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+#: How many numbers of edits the table printed at the end of `eval` shows (results.md has all).
+CONSOLE_POINTS = 12
 
 
 @click.command("compare-runs")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where comparison.md/png go (default: the first run's parent).")
-@click.option("--label", "labels", multiple=True, help="A label per run (default: its chain).")
+@click.option("--label", "labels", multiple=True,
+              help="A label per run (default: its chain, and its folder's name when runs share a chain).")
 def compare_command(run_dirs, out_dir, labels) -> None:
     """Put the results of several `easyetcon eval` runs side by side (Markdown table + bar chart)."""
     from easyetcon_eval.reports import compare_runs

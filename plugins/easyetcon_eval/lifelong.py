@@ -21,6 +21,7 @@ run is bit for bit the run that was not interrupted.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,19 @@ from easyetcon_eval.evaluate import (
 
 STATE_FILE = "lifelong.json"
 STATE_VERSION = 1
+
+# INFO lines the command line shows (where a run resumed)
+log = logging.getLogger("easyetcon.eval")
+
+
+class LifelongInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a lifelong run, with how far it got: ``edits`` of ``total`` requests are
+    edited and (with ``out_dir``) in its journal, where a new call with the same arguments
+    resumes."""
+
+    def __init__(self, edits: int, total: int, out_dir: Path | None) -> None:
+        super().__init__(f"lifelong run interrupted after {edits} of {total} edit(s)")
+        self.edits, self.total, self.out_dir = edits, total, out_dir
 
 
 def parse_schedule(schedule: str) -> tuple[str, int | None]:
@@ -81,6 +95,14 @@ class LifelongResult:
     chain: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
+    #: step name -> the weights it changed (a layer chosen by ``"trace"`` shows here)
+    edited_weights: dict[str, list[str]] = field(default_factory=dict)
+
+    def note_edited_weights(self, records: Iterable[Any]) -> None:
+        for record in records:
+            if record.weights is not None and record.weights.changes:
+                known = self.edited_weights.setdefault(record.step_name, [])
+                known[:] = sorted({*known, *record.weights.changes})
 
     def summary(self) -> dict[str, Any]:
         return self.final
@@ -92,6 +114,7 @@ class LifelongResult:
             "edits": self.edits,
             "resumed_at": self.resumed_at,
             "chain": self.chain,
+            "edited_weights": self.edited_weights,
             "settings": self.settings,
             "baseline": self.baseline_summary,
             "final": self.final,
@@ -235,8 +258,9 @@ def run_lifelong(
     elif not baseline:
         baseline = None
 
-    done_groups = 0
+    done_groups, resuming = 0, False
     replay_positions: list[int] = []
+    partial: list[int] = []
     chain_description = describe_chain(chain)
     if out is not None:
         journal_dir = out / "journal"
@@ -255,11 +279,14 @@ def run_lifelong(
             if partial:
                 journal.set_status(partial, ROLLED_BACK)
             replay_positions = positions
+            resuming = True
         else:
             journal = Journal(journal_dir, metadata={"chain": chain_description, "groups": group_ids})
             journal.record_base(model)
 
     edited = sum(len(g) for g in groups[:done_groups])
+    if resuming:
+        _log_resume(out, edited, requests, groups[done_groups] if done_groups < len(groups) else None, partial)
     curve = [p for p in state.get("curve", []) if p["edits"] <= edited] if done_groups else []
     immediate = [p for p in state.get("immediate", []) if p["edits"] <= edited] if done_groups else []
     seconds = list(state.get("seconds_per_edit", []))[:done_groups] if done_groups else []
@@ -273,7 +300,7 @@ def run_lifelong(
 
     def retention_point(count: int) -> dict[str, Any]:
         subset = _retention_subset(requests, count, retention_sample)
-        summary = evaluate_edits(model, subset, baseline=baseline, fluency=fluency, **eval_options).summary()
+        summary = evaluate_edits(model, subset, baseline=baseline, fluency=fluency, progress=progress, **eval_options).summary()
         return {"edits": count, **summary}
 
     def save_state() -> None:
@@ -283,55 +310,71 @@ def run_lifelong(
     def due(before: int, count: int) -> bool:
         return kind == "every" and count // every > before // every and count < len(requests)
 
-    if done_groups:
-        # Editors derive their statistics, prefixes and layers from the unedited model, as the
-        # uninterrupted run did, before any step is replayed.
-        prepare_editors(chain.steps, model, groups[0])
-        by_id = {r.request_id: r for r in requests}
-        steps, count = len(chain.steps), 0
-        saved_curve, saved_immediate = {p["edits"] for p in result.curve}, {p["edits"] for p in result.immediate}
-        for g in range(done_groups):
-            for position in replay_positions[g * steps : (g + 1) * steps]:
-                record = journal.record(position)
-                record.redo(model)
-                restore = getattr(chain.steps[record.step_index].editor, "restore_state", None)
-                if callable(restore):
-                    restore(model, [by_id[i] for i in record.request_ids], record.editor_state)
-            before, count = count, count + len(groups[g])
-            # A point the interrupted run measured but had not saved yet is measured again here,
-            # on the same weights.
-            if kind == "each" and count not in saved_immediate:
-                summary = evaluate_edits(model, groups[g], baseline=baseline, **eval_options).summary()
-                result.immediate.append({"edits": count, **summary})
-            elif due(before, count) and count not in saved_curve:
-                result.curve.append(retention_point(count))
-        result.curve.sort(key=lambda p: p["edits"])
-        result.immediate.sort(key=lambda p: p["edits"])
-        for step in chain.steps:
-            if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
-                step.editor.attach(model, model.memory_store(step.name))
-                model.attached_memories.add(step.name)
-
-    bar = _edit_bar(len(requests), edited, progress, repr(chain))
     try:
-        for group in groups[done_groups:]:
-            started = time.perf_counter()
-            chain.apply(model, group, mode="batch", journal=journal)
-            result.seconds_per_edit.append(time.perf_counter() - started)
-            before, edited = edited, edited + len(group)
-            result.edits = edited
-            bar.update(len(group))
-            if kind == "each":
-                summary = evaluate_edits(model, group, baseline=baseline, **eval_options).summary()
-                result.immediate.append({"edits": edited, **summary})
-            elif due(before, edited):
+        if done_groups:
+            # Editors derive their statistics, prefixes and layers from the unedited model, as the
+            # uninterrupted run did, before any step is replayed.
+            prepare_editors(chain.steps, model, groups[0])
+            by_id = {r.request_id: r for r in requests}
+            steps, count = len(chain.steps), 0
+            saved_curve, saved_immediate = {p["edits"] for p in result.curve}, {p["edits"] for p in result.immediate}
+            for g in range(done_groups):
+                for position in replay_positions[g * steps : (g + 1) * steps]:
+                    record = journal.record(position)
+                    record.redo(model)
+                    result.note_edited_weights([record])
+                    restore = getattr(chain.steps[record.step_index].editor, "restore_state", None)
+                    if callable(restore):
+                        restore(model, [by_id[i] for i in record.request_ids], record.editor_state)
+                before, count = count, count + len(groups[g])
+                # A point the interrupted run measured but had not saved yet is measured again here,
+                # on the same weights.
+                if kind == "each" and count not in saved_immediate:
+                    summary = evaluate_edits(model, groups[g], baseline=baseline, **eval_options).summary()
+                    result.immediate.append({"edits": count, **summary})
+                elif due(before, count) and count not in saved_curve:
+                    result.curve.append(retention_point(count))
+            result.curve.sort(key=lambda p: p["edits"])
+            result.immediate.sort(key=lambda p: p["edits"])
+            for step in chain.steps:
+                if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
+                    step.editor.attach(model, model.memory_store(step.name))
+                    model.attached_memories.add(step.name)
+
+        score_line = _ScoreLine()
+        for point in result.immediate:
+            score_line.add_immediate(point)
+        if result.curve:
+            score_line.set_retention(result.curve[-1])
+        bar = _edit_bar(len(requests), edited, progress, repr(chain))
+        try:
+            bar.set_postfix_str(score_line.text())
+            for group in groups[done_groups:]:
+                started = time.perf_counter()
+                applied = chain.apply(model, group, mode="batch", journal=journal)
+                result.seconds_per_edit.append(time.perf_counter() - started)
+                result.note_edited_weights(applied.records)
+                before, edited = edited, edited + len(group)
+                result.edits = edited
+                bar.update(len(group))
+                if kind == "each":
+                    summary = evaluate_edits(model, group, baseline=baseline, **eval_options).summary()
+                    result.immediate.append({"edits": edited, **summary})
+                    score_line.add_immediate(result.immediate[-1])
+                elif due(before, edited):
+                    result.curve.append(retention_point(edited))
+                    score_line.set_retention(result.curve[-1])
+                bar.set_postfix_str(score_line.text())
+                save_state()
+            if not result.curve or result.curve[-1]["edits"] != edited:
                 result.curve.append(retention_point(edited))
-                bar.set_postfix_str(_headline(result.curve[-1]))
-            save_state()
-    finally:
-        bar.close()
-    if not result.curve or result.curve[-1]["edits"] != edited:
-        result.curve.append(retention_point(edited))
+                if not result.immediate:
+                    score_line.set_retention(result.curve[-1])
+                    bar.set_postfix_str(score_line.text())
+        finally:
+            bar.close()
+    except KeyboardInterrupt as interrupt:
+        raise LifelongInterrupted(result.edits, len(requests), out) from interrupt
     result.final = {k: v for k, v in result.curve[-1].items() if k != "edits"}
     save_state()
     if out is not None and report:
@@ -339,6 +382,22 @@ def run_lifelong(
 
         write_report(out, result)
     return result
+
+
+def _log_resume(
+    out: Path, edited: int, requests: Sequence[EditRequest], next_group: Sequence[EditRequest] | None, dropped: list[int],
+) -> None:
+    if dropped:
+        log.info(f"resume: {len(dropped)} step(s) of a chain application cut off half-way were rolled back; it is applied again")
+    if next_group is not None and not edited:
+        log.info(f"resuming the run in {str(out)!r} from its first request (no chain application had finished)")
+    elif next_group is None:
+        log.info(f"resuming the run in {str(out)!r}: all {edited} edit(s) are in its journal; replaying them to score what was not saved")
+    else:
+        log.info(
+            f"resuming the run in {str(out)!r} at edit {edited + 1} of {len(requests)} (request "
+            f"{next_group[0].request_id!r}): the first {edited} edit(s) are replayed from its journal"
+        )
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -362,11 +421,46 @@ def _seconds_from_journal(journal: Journal, group_ids: list[list[str]]) -> list[
     return totals
 
 
-def _headline(point: dict[str, Any]) -> str:
-    for key, row in point.items():
-        if isinstance(row, dict) and row.get("reliability") is not None:
-            return f"{key} reliability {row['reliability']:.2f}"
-    return ""
+class _ScoreLine:
+    """The progress bar's postfix: the latest retention score, or with schedule ``each`` the
+    running mean over the chain applications so far (kept as sums, so it costs the same at
+    every edit), of the generation protocol where it was measured, else of the first protocol."""
+
+    SHOWN = ("reliability", "locality")
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, list[float]]] = {}  # key -> metric -> [weighted sum, weight]
+        self.latest: dict[str, Any] | None = None
+
+    def add_immediate(self, point: dict[str, Any]) -> None:
+        for key, row in point.items():
+            if not isinstance(row, dict):
+                continue
+            for metric in self.SHOWN:
+                if row.get(metric) is not None:
+                    weight = row.get("n", 1) - (row.get("skipped") or {}).get(metric, 0)
+                    total = self.sums.setdefault(key, {}).setdefault(metric, [0.0, 0.0])
+                    total[0] += row[metric] * weight
+                    total[1] += weight
+
+    def set_retention(self, point: dict[str, Any]) -> None:
+        self.latest = point
+
+    def text(self) -> str:
+        if self.sums:
+            rows = {k: {m: s / w for m, (s, w) in metrics.items() if w} for k, metrics in self.sums.items()}
+            what = "just edited, mean"
+        elif self.latest is not None:
+            rows = {k: v for k, v in self.latest.items() if isinstance(v, dict)}
+            what = f"after {self.latest['edits']} edits"
+        else:
+            return ""
+        keys = [k for k, row in rows.items() if row.get("reliability") is not None]
+        if not keys:
+            return ""
+        key = next((k for k in keys if k.startswith("generation@")), keys[0])
+        scores = ", ".join(f"{m} {rows[key][m]:.2f}" for m in self.SHOWN if rows[key].get(m) is not None)
+        return f"{key} ({what}): {scores}"
 
 
 class _NoBar:

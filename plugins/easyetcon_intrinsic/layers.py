@@ -9,6 +9,7 @@ output at the subject's last token, and see how much of the answer's probability
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -21,6 +22,9 @@ from easyetcon.text import encode_continuation, locate_subject_tokens
 from easyetcon_intrinsic.keys import output_tensor
 
 LayerChoice = Literal["auto", "trace"]
+
+# INFO lines the command line shows (the layers tracing chose)
+log = logging.getLogger("easyetcon.intrinsic")
 
 
 def default_layers(num_layers: int, count: int = 1) -> list[int]:
@@ -114,6 +118,14 @@ def best_window(effects: Sequence[float], count: int) -> list[int]:
     return list(range(start, start + count))
 
 
+def describe_traced_layers(option: str, chosen: Sequence[int], effects: Sequence[float], requests: Sequence[Any]) -> str:
+    """One line: which layers ``option: trace`` chose, and each layer's effect behind the choice."""
+    which = f"layer {chosen[0]}" if len(chosen) == 1 else f"layers {chosen[0]}-{chosen[-1]}"
+    per_layer = ", ".join(f"{layer}: {effect:.3f}" for layer, effect in enumerate(effects))
+    ids = ", ".join(r.request_id for r in requests)
+    return f"{option}: trace chose {which} (causal effect per layer on request(s) {ids}: {per_layer})"
+
+
 def resolve_layers(
     model: Any, choice: int | Sequence[int] | LayerChoice, requests: Sequence[Any], *, count: int, option: str,
     fact_token: str = "subject_last",
@@ -126,7 +138,11 @@ def resolve_layers(
     if choice == "auto":
         return default_layers(num_layers, count)
     if choice == "trace":
-        return best_window(trace_mlp_effects(model, list(requests)[:4], fact_token=fact_token), count)
+        traced = list(requests)[:4]
+        effects = trace_mlp_effects(model, traced, fact_token=fact_token)
+        chosen = best_window(effects, count)
+        log.info(describe_traced_layers(option, chosen, effects, traced))
+        return chosen
     indices = [choice] if isinstance(choice, int) else list(choice)
     bad = [index for index in indices if not -num_layers <= index < num_layers]
     if bad:

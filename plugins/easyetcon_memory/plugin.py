@@ -1,4 +1,5 @@
-"""Hook implementations of the memory plugin: the external-memory editors."""
+"""Hook implementations of the memory plugin: the external-memory editors, registered by
+reference ("module:Class") so their modules (torch, sentence-transformers) load on first use."""
 
 from __future__ import annotations
 
@@ -7,20 +8,17 @@ from easyetcon.hookspecs import hookimpl
 
 @hookimpl
 def easyetcon_register_memory_editors(register) -> None:
-    from easyetcon_memory.grace import Grace, GraceConfig
-    from easyetcon_memory.retrieval import RetrievalMemory, RetrievalMemoryConfig
-
     register(
         "retrieval-memory",
-        RetrievalMemory,
-        config=RetrievalMemoryConfig,
+        "easyetcon_memory.retrieval:RetrievalMemory",
+        config="easyetcon_memory.retrieval:RetrievalMemoryConfig",
         subfamily="retrieval",
         summary="Stores edits with sentence embeddings and puts in-scope facts in front of prompts (in-context editing).",
     )
     register(
         "grace",
-        Grace,
-        config=GraceConfig,
+        "easyetcon_memory.grace:Grace",
+        config="easyetcon_memory.grace:GraceConfig",
         subfamily="codebook",
         summary="GRACE: a codebook of keys, trained values and radii that replaces one layer's output in range.",
     )

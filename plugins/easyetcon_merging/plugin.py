@@ -1,4 +1,5 @@
-"""Hook implementations of the merging plugin: the merging-family editors."""
+"""Hook implementations of the merging plugin: the merging-family editors, registered by
+reference ("module:Class") so PEFT and torch load on first use."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ from easyetcon.hookspecs import hookimpl
 
 @hookimpl
 def easyetcon_register_merging_editors(register) -> None:
-    from easyetcon_merging.lora_merge import LoraMerge, LoraMergeConfig
-
     register(
         "lora-merge",
-        LoraMerge,
-        config=LoraMergeConfig,
+        "easyetcon_merging.lora_merge:LoraMerge",
+        config="easyetcon_merging.lora_merge:LoraMergeConfig",
         subfamily="adapter-merge",
         summary="Trains a LoRA adapter per edit with PEFT and merges adapters into the weights (linear, TIES, DARE, magnitude pruning).",
     )

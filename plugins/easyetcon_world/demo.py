@@ -2,13 +2,16 @@
 
 Loads the shipped model (no training, no download), draws counterfactual edits from the test
 split, applies a chain (ROME by default, or any chain spec), and prints, per edit, the model's
-answers before and after on the edit prompt, a held-out rephrasing and an unrelated fact, then
-the scores of the generation protocol before and after.
+answers before and after on the edit prompt, a held-out rephrasing and every locality probe
+(the facts the locality score counts: the subject's other facts and other subjects' facts of
+the same relation), then the scores of the generation protocol before and after.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -48,15 +51,8 @@ def demo_command(chain_path: str | None, edits: int, seed: int) -> None:
     requests = make_edit_requests(world, "test", n=edits, seed=seed)
     console.print(f"[bold]fact world[/bold]: {len(world.facts)} facts; editing {len(requests)} with {chain!r}")
 
-    probes = []  # (request, what, prompt, expected after the edit)
-    for request in requests:
-        probes.append((request, "edit", request.prompt, request.target_new))
-        if request.rephrase_prompts:
-            probes.append((request, "rephrase", request.rephrase_prompts[0], request.target_new))
-        unrelated = [p for p in request.locality if p.kind == "other-subject"] or request.locality
-        if unrelated:
-            probes.append((request, "unrelated", unrelated[0].prompt, unrelated[0].answer))
-    prompts = [prompt for _, _, prompt, _ in probes]
+    probes = demo_probes(requests)
+    prompts = [prompt for _, prompt, _ in probes]
 
     baseline = compute_baseline(model, requests, protocols=("generation",))
     before_scores = evaluate_edits(model, requests, protocols=("generation",), baseline=baseline).summary()
@@ -68,9 +64,13 @@ def demo_command(chain_path: str | None, edits: int, seed: int) -> None:
     table = Table(title="answers before and after the edits (greedy generation)")
     for column in ("prompt", "kind", "before", "after", "wanted"):
         table.add_column(column, overflow="fold")
-    for (request, what, prompt, wanted), old, new in zip(probes, before, after):
-        mark = "[green]✓[/green]" if new.strip() == wanted else "[red]✗[/red]"
-        table.add_row(prompt, what, old.strip(), f"{new.strip()} {mark}", wanted)
+    for index, ((what, prompt, wanted), old, new) in enumerate(zip(probes, before, after)):
+        if index and what == "edit":
+            table.add_section()  # one block of rows per edit
+        # locality counts an answer that did not change, whether or not it was right before
+        held = new.strip() == (old.strip() if wanted is None else wanted)
+        mark = "[green]✓[/green]" if held else "[red]✗[/red]"
+        table.add_row(prompt, what, old.strip(), f"{new.strip()} {mark}", "(unchanged)" if wanted is None else wanted)
     console.print(table)
 
     scores = Table(title="generation protocol (exact match)")
@@ -85,3 +85,14 @@ def demo_command(chain_path: str | None, edits: int, seed: int) -> None:
     console.print(f"done in {time.perf_counter() - started:.1f} s (scores: {key}; locality = answers unchanged)")
 
 
+def demo_probes(requests: Sequence[Any]) -> list[tuple[str, str, str | None]]:
+    """``(kind, prompt, wanted answer)`` rows of the demo table, per request: the edit prompt,
+    its first held-out rephrasing, and every locality probe, which wants its answer unchanged
+    (``None``), as the locality score counts it."""
+    rows: list[tuple[str, str, str | None]] = []
+    for request in requests:
+        rows.append(("edit", request.prompt, request.target_new))
+        if request.rephrase_prompts:
+            rows.append(("rephrase", request.rephrase_prompts[0], request.target_new))
+        rows.extend((f"locality: {probe.kind or 'probe'}", probe.prompt, None) for probe in request.locality)
+    return rows

@@ -56,9 +56,11 @@ def test_eval_command_writes_json_markdown_and_plots_then_compares(cli_workspace
         assert data["metadata"]["requests"] == 3 and set(data["final"]) == {"teacher-forced@1", "generation@1"}
         assert (w / name / "retention.png").read_bytes()[:8] == PNG_MAGIC
     png, md = compare_runs([w / "shift", w / "notes"], w / "cmp")
-    assert png.read_bytes()[:8] == PNG_MAGIC and "| toy-shift | generation@1 |" in md.read_text()
+    comparison = md.read_text()
+    assert png.read_bytes()[:8] == PNG_MAGIC and "## generation@1" in comparison
+    assert "| toy-shift | 3 |" in comparison.split("## generation@1")[1]  # a row per run, with its edits
     shown = invoke("compare-runs", w / "shift", w / "notes", "--label", "A", "--label", "B", "--out", w / "cmp2")
-    assert shown.exit_code == 0 and "| A | teacher-forced@1 |" in shown.output
+    assert shown.exit_code == 0 and "| A | 3 |" in shown.output and "| B | 3 |" in shown.output
 
 
 def test_eval_command_reports_bad_input_clearly(cli_workspace):
