@@ -100,6 +100,10 @@ class PluginHost:
     def _register(self, plugin: object, name: str, distribution: str) -> None:
         try:
             self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as error:  # e.g. a hook implementation asking for an argument the spec lacks
+            raise PluginError(
+                f"plugin {name!r} from {distribution!r} does not fit easyetcon.hookspecs: {error}"
+            ) from error
         except ValueError as error:
             raise PluginError(f"plugin {name!r} from {distribution!r}: {error}") from error
         self._distributions[name] = distribution

@@ -182,3 +182,16 @@ def test_a_metric_registered_by_reference_is_checked_when_imported(monkeypatch):
     assert [p.name for p in registry.parts("metric")] == ["not-a-metric"]
     with pytest.raises(PluginError, match="metric 'not-a-metric'.*needs a 'protocol' attribute"):
         registry.metric("not-a-metric")
+
+
+def test_a_hook_asking_for_an_argument_the_spec_lacks_is_a_plugin_error(monkeypatch):
+    monkeypatch.setenv("EASYETCON_BLOCK_PLUGINS", "*")
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def easyetcon_register_metrics(register, registry):  # the spec passes only `register`
+            pass
+
+    with pytest.raises(PluginError, match=r"(?s)plugin .wrong-arguments.*does not fit easyetcon.hookspecs.*registry"):
+        PluginHost().register(Plugin(), name="wrong-arguments")
