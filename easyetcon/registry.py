@@ -73,6 +73,13 @@ def resolve(value: Any, what: str) -> Any:
     return found
 
 
+def resolved_config_model(source: Any, what: str) -> type[BaseModel]:
+    """The config model ``source`` is or names, checked."""
+    config = resolve(source, what)
+    check_config_model(config, what)
+    return config
+
+
 def check_config_model(config: Any, what: str) -> None:
     if not (isinstance(config, type) and issubclass(config, BaseModel)):
         raise PluginError(f"{what}: config must be a pydantic BaseModel subclass, got {config!r}")
@@ -117,9 +124,7 @@ class EditorInfo:
 
     @cached_property
     def config_model(self) -> type[BaseModel]:
-        config = resolve(self.config_source, self._what)
-        check_config_model(config, self._what)
-        return config
+        return resolved_config_model(self.config_source, self._what)
 
     def validate_options(self, options: dict[str, Any] | BaseModel | None = None) -> BaseModel:
         """Validate ``options`` against the editor's config model; every field error is reported."""
@@ -179,9 +184,7 @@ class DatasetInfo:
 
     @cached_property
     def config_model(self) -> type[BaseModel]:
-        config = resolve(self.config_source, self._what)
-        check_config_model(config, self._what)
-        return config
+        return resolved_config_model(self.config_source, self._what)
 
     @cached_property
     def detect(self) -> Callable[[list[dict]], bool] | None:
