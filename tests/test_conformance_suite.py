@@ -1,5 +1,7 @@
 """The conformance suite fails editors that break its promises (it is not a rubber stamp)."""
 
+import re
+
 pytest_plugins = ["pytester"]
 
 PLUGIN = '''
@@ -12,10 +14,13 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     touch_undeclared: bool = False
     do_nothing: bool = False
+    teach_ground_truth: bool = False
+    lead: float = 2.0
 
 
 class SneakyEditor:
-    """Pushes the target's first token through the LM head bias-free: scales one embedding row."""
+    """Moves each target token's LM-head row along the prompt's final hidden state, in one exact
+    step, until the token's logit leads every other by ``lead`` (only that row's logit changes)."""
 
     def __init__(self, config):
         self.config = config
@@ -26,20 +31,24 @@ class SneakyEditor:
     def edit(self, model, requests):
         if self.config.do_nothing:
             return
-        head = model.parameter(model.adapter.lm_head + ".weight")
-        with torch.no_grad():
-            for request in requests:
-                prompt_ids = model.tokenizer(request.prompt)["input_ids"]
-                targets = model.encode_answer(request.target_new)
-                for _ in range(200):
-                    if model.predicts(request.prompt, request.target_new):
-                        break
-                    ids = torch.tensor([prompt_ids + targets])
-                    hidden = model.torch_model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-                    for offset, token in enumerate(targets):
-                        head[token] += 0.5 * hidden[len(prompt_ids) - 1 + offset]
-            if self.config.touch_undeclared:
-                model.parameter(model.adapter.weight_name("mlp_out", 0)).add_(1.0)
+        head_module = model.torch_model.get_output_embeddings()
+        seen = []
+        handle = head_module.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            with torch.no_grad():
+                for request in requests:
+                    answer = request.ground_truth if self.config.teach_ground_truth else request.target_new
+                    token = model.encode_answer(answer)[0]
+                    ids = torch.tensor([model.tokenizer(request.prompt)["input_ids"]])
+                    logits = model.torch_model(input_ids=ids).logits[0, -1]
+                    hidden = seen[-1][0, -1]
+                    best_other = torch.cat([logits[:token], logits[token + 1 :]]).max()
+                    shortfall = best_other - logits[token] + self.config.lead
+                    head_module.weight[token] += shortfall * hidden / hidden.dot(hidden)
+                if self.config.touch_undeclared:
+                    model.parameter(model.adapter.weight_name("mlp_out", 0)).add_(1.0)
+        finally:
+            handle.remove()
 
 
 @hookimpl
@@ -63,35 +72,67 @@ def host(monkeypatch):
 TESTS = '''
 from easyetcon.testing import EditorConformance
 
-class TestHonest(EditorConformance):
+class Sneaky(EditorConformance):
     editor = "sneaky"
+    architectures = ("llama",)
 
-class TestUndeclared(EditorConformance):
-    editor = "sneaky"
+class TestHonest(Sneaky):
+    pass
+
+class TestUndeclared(Sneaky):
     options = {"touch_undeclared": True}
 
-class TestLazy(EditorConformance):
-    editor = "sneaky"
+class TestLazy(Sneaky):
     options = {"do_nothing": True}
+
+class TestWrongAnswer(Sneaky):
+    options = {"teach_ground_truth": True}
+
+class TestBarelyAhead(Sneaky):
+    options = {"lead": 0.05}
+
+class TestExempt(Sneaky):
+    options = {"do_nothing": True}
+    target_exemption = "this toy promises no target"
 '''
 
 
 def test_suite_passes_an_honest_editor_and_fails_broken_ones(pytester):
     pytester.makepyfile(sneaky_plugin=PLUGIN, conftest=CONFTEST, test_editor=TESTS)
-    pytester.syspathinsert()
-    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
-    outcomes = {line.split("::", 1)[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
-    honest = [o for o in outcomes if o.startswith("TestHonest")]
-    assert honest == [], honest
+    # In a subprocess: an in-process run drops the modules it imported afterwards, and torch
+    # refuses to register its operator libraries a second time when they are imported again.
+    result = pytester.runpytest_subprocess("-q", "-rfEs", "-p", "no:cacheprovider")
+    text = result.stdout.str()
+    failed = {line.split("::", 1)[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
+    assert [o for o in failed if o.startswith("TestHonest")] == []
     # Weights changed behind the chain's back: the chain itself refuses the step, so every
     # check that edits fails, and the message names the undeclared parameter.
-    assert {o for o in outcomes if o.startswith("TestUndeclared")} == {
+    assert {o for o in failed if o.startswith("TestUndeclared")} == {
         "TestUndeclared::test_edit_makes_model_predict_target[llama]",
         "TestUndeclared::test_changes_only_declared_weights[llama]",
         "TestUndeclared::test_undo_restores_bit_exactly[llama]",
         "TestUndeclared::test_journal_round_trips[llama]",
     }
-    assert "did not list in weights_to_edit" in result.stdout.str()
-    assert "TestLazy::test_edit_makes_model_predict_target[llama]" in outcomes
-    assert "TestLazy::test_undo_restores_bit_exactly[llama]" in outcomes
-    result.assert_outcomes(passed=6 + 2 + 4, failed=4 + 2)  # six checks per class
+    assert "did not list in weights_to_edit" in text
+    assert {o for o in failed if o.startswith("TestLazy")} == {
+        "TestLazy::test_edit_makes_model_predict_target[llama]",
+        "TestLazy::test_undo_restores_bit_exactly[llama]",
+    }
+    # teaching the old answer, or leading by a hair, fails the target check and nothing else
+    assert {o for o in failed if o.startswith(("TestWrongAnswer", "TestBarelyAhead"))} == {
+        "TestWrongAnswer::test_edit_makes_model_predict_target[llama]",
+        "TestBarelyAhead::test_edit_makes_model_predict_target[llama]",
+    }
+    # an exempted editor's target check is reported as skipped, with the reason, and its other
+    # checks still run: this lazy one still fails the undo check for changing nothing
+    assert {o for o in failed if o.startswith("TestExempt")} == {"TestExempt::test_undo_restores_bit_exactly[llama]"}
+    assert "TestExempt.target_exemption: this toy promises no target" in text
+    result.assert_outcomes(passed=6 + 2 + 4 + 5 + 5 + 4, failed=4 + 2 + 1 + 1 + 1, skipped=1)  # six checks per class
+
+    # a missed target is reported with the editor, the model, the request, its NLL and margin
+    assert "'sneaky' (sequential mode) on the tiny llama model" in text
+    assert "not ahead by the margin 0.10 (each right after its own edit)" in text
+    assert "learnable-0: 'The mother tongue of Danielle Darrieux' -> 'Paris': target NLL" in text
+    # the editor that leads by 0.05 would pass a bare argmax check, not the margin
+    barely = text.split("TestBarelyAhead.test_edit_makes_model_predict_target", 1)[1].split("TestExempt", 1)[0]
+    assert re.search(r"margin -\d\.\d{3} -> \+0\.050", barely)

@@ -12,11 +12,19 @@ Installed as a pytest plugin (``pytest11`` entry point), so the fixtures in
 """
 
 from easyetcon.testing.conformance import EditorConformance
-from easyetcon.testing.tiny import ARCHITECTURES, tiny_model, tiny_requests, tiny_tokenizer, tiny_torch_model
+from easyetcon.testing.tiny import (
+    ARCHITECTURES,
+    tiny_learnable_requests,
+    tiny_model,
+    tiny_requests,
+    tiny_tokenizer,
+    tiny_torch_model,
+)
 
 __all__ = [
     "ARCHITECTURES",
     "EditorConformance",
+    "tiny_learnable_requests",
     "tiny_model",
     "tiny_requests",
     "tiny_tokenizer",

@@ -99,7 +99,8 @@ def tiny_model(architecture: str = "llama", *, seed: int = 0, registry: Any = No
 
 
 def tiny_requests() -> list[EditRequest]:
-    """Three counterfactual requests whose words the tiny tokenizer knows."""
+    """Three counterfactual requests whose words the tiny tokenizer knows (their targets span
+    several tokens; :func:`tiny_learnable_requests` are the ones a tiny model can be edited with)."""
     return [
         EditRequest(
             prompt="The Eiffel Tower is located in the city of",
@@ -126,5 +127,43 @@ def tiny_requests() -> list[EditRequest]:
             ground_truth="guitar",
             relation="plays",
             case_id="tiny-2",
+        ),
+    ]
+
+
+def tiny_learnable_requests() -> list[EditRequest]:
+    """Three requests every editor can teach a tiny random model: the conformance suite's default.
+
+    Each target is one token of the tiny tokenizer (``" Paris"``, ``" guitar"``, ``" French"``),
+    different from the others, so an editor that writes one request's target into another's
+    prompt fails. Each prompt ends with its subject, and the three end on different tokens: a
+    random 3-layer model barely moves information between positions, so a change written at the
+    subject's last token (ROME, MEMIT, AlphaEdit) reaches the output only from there,
+    and prompts that end alike would look the same to it.
+    """
+    return [
+        EditRequest(
+            prompt="The mother tongue of Danielle Darrieux",
+            subject="Danielle Darrieux",
+            target_new="Paris",
+            ground_truth="French",
+            relation="native_language",
+            case_id="learnable-0",
+        ),
+        EditRequest(
+            prompt="Where is the Eiffel Tower",
+            subject="Eiffel Tower",
+            target_new="guitar",
+            ground_truth="Paris",
+            relation="located_in",
+            case_id="learnable-1",
+        ),
+        EditRequest(
+            prompt="The instrument of Toko Yasuda",
+            subject="Toko Yasuda",
+            target_new="French",
+            ground_truth="guitar",
+            relation="plays",
+            case_id="learnable-2",
         ),
     ]

@@ -5,18 +5,8 @@ import torch
 
 from easyetcon.chain import EditChain
 from easyetcon.errors import ChainStepError, ConfigError
-from easyetcon.testing import EditorConformance, tiny_model, tiny_requests
+from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.text import build_target_batch, target_token_logprobs
-
-
-class TestTPSFTConformance(EditorConformance):
-    editor = "tpsft"
-    options = {"rounds": 30, "learning_rate": 1e-2, "weights": {"layers": [1, 2]}}
-    invalid_options = [{"epsilon": 0}, {"epsilon": -0.1}, {"rounds": 0}, {"weights": {"modules": "attention"}}]
-    # Not GPT-2: its tiny random model ties 0.02-std embeddings to the head, so logits stay
-    # nearly flat and (1 + eps)-bounded rounds cannot flip an argmax within a test's budget.
-    architectures = ("llama", "qwen2")
-    request_count = 2
 
 
 def target_probabilities(model, request):

@@ -10,18 +10,10 @@ from easyetcon.errors import ChainStepError
 from easyetcon.journal import Journal
 from easyetcon.plugins import get_host
 from easyetcon.records import MemoryStore
-from easyetcon.testing import EditorConformance, tiny_model, tiny_requests
+from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon_memory import Grace, GraceConfig, load_memory, save_memory
 
 OPTIONS = {"layer": -1, "steps": 60, "learning_rate": 0.5, "initial_radius": 0.01}
-
-
-class TestGraceConformance(EditorConformance):
-    editor = "grace"
-    options = OPTIONS
-    invalid_options = [{"initial_radius": 0}, {"steps": 0}, {"learning_rate": -1.0}, {"module": "lm_head"}]
-    architectures = ("llama", "gpt2")
-    request_count = 2
 
 
 def model_():

@@ -15,7 +15,7 @@ from easyetcon.journal import Journal
 from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
 from easyetcon.spec import parse_chain_spec
-from easyetcon.testing import EditorConformance, tiny_model, tiny_requests
+from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon_memory import (
     EmptyMemoryError,
     RetrievalMemory,
@@ -28,7 +28,7 @@ from easyetcon_memory import (
     save_memory,
 )
 from tests.conftest import require_example_plugin
-from tests.memory.helpers import people_requests, world_model
+from tests.memory.helpers import people_requests
 
 TFIDF = {"retriever": "tfidf", "threshold": 0.5}
 needs_embeddings = pytest.mark.skipif(
@@ -45,37 +45,6 @@ def edited(requests=None, **options):
     chain = memory_chain(**options)
     result = chain.apply(model, requests if requests is not None else people_requests())
     return model, chain, result
-
-
-class TestRetrievalMemoryConformance(EditorConformance):
-    """The shared suite. Making a model *answer* from context needs a trained model: the
-    prediction check runs on the fact world's shipped model (its corpus teaches it to use a
-    fact stated in front of the prompt)."""
-
-    editor = "retrieval-memory"
-    options = TFIDF
-    invalid_options = [{"threshold": -0.1}, {"threshold": 1.5}, {"retriever": "bm25"},
-                       {"context_template": "{prompt}"}, {"relation_examples": {"lives_in": ["lives in"]}}]
-
-    def make_model(self, architecture):
-        if getattr(self, "_use_world", False):
-            return self._world
-        return super().make_model(architecture)
-
-    def test_edit_makes_model_predict_target(self, conformance_architecture):
-        model = world_model()
-        if model is None:
-            pytest.skip("needs the fact world's shipped model (plugins/easyetcon_world/assets/default)")
-        from tests.memory.helpers import world_requests
-
-        requests = world_requests(3)
-        self._world, self._use_world = model, True
-        self.make_requests = lambda: requests
-        try:
-            super().test_edit_makes_model_predict_target(conformance_architecture)
-        finally:
-            self._use_world = False
-            del self.make_requests
 
 
 # ---- options -------------------------------------------------------------------------------------

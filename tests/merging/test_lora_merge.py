@@ -8,29 +8,10 @@ import torch
 from easyetcon.chain import EditChain
 from easyetcon.errors import ConfigError
 from easyetcon.plugins import get_host
-from easyetcon.testing import EditorConformance, tiny_model, tiny_requests
+from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon_merging import LoraAdapter, LoraMergeConfig, MergeError, merge_adapters, train_lora_adapter
 
 FAST = {"steps": 60, "learning_rate": 0.05, "rank": 4}
-
-
-class TestLoraMergeLinear(EditorConformance):
-    editor = "lora-merge"
-    options = FAST
-    invalid_options = [
-        {"rank": 0}, {"steps": 0}, {"strategy": "svd"}, {"density": 1.5}, {"density": 0.5},  # density needs a pruning strategy
-        {"merge_every": 0}, {"modules": []}, {"merge_space": "weights"},
-    ]
-    architectures = ("llama", "gpt2")
-
-
-class TestLoraMergeTiesWindow(EditorConformance):
-    editor = "lora-merge"
-    options = {**FAST, "strategy": "ties", "density": 0.9, "merge_every": 2}
-    invalid_options = [{"density": 0}]
-    architectures = ("llama",)
-    request_count = 2
-    mode = "batch"
 
 
 def model_(arch="llama"):
