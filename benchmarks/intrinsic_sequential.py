@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             solvers = [state.solver(model, layer) for layer in layers]
             output["editors"][editor]["state"] = {
                 "layers": layers,
-                "per_layer_state": "the projector's smaller orthonormal basis and the inverse of P(λC + K_p K_pᵀ) + αI, fp64",
-                "state_bytes": sum(s.inverse.numel() * 8 + s.projector.basis.numel() * 8 for s in solvers),
+                "per_layer_state": "the null space's Householder reflectors and the inverse of the r × r system, fp64",
+                "state_bytes": sum(s.inverse.numel() * 8 + s.projector.reflectors.numel() * 8 for s in solvers),
                 "nullspace_dims": [s.projector.rank for s in solvers],
-                "key_dims": [s.inverse.shape[0] for s in solvers],
+                "key_dims": [s.projector.dimension for s in solvers],
                 "edited_keys": [s.edited_keys for s in solvers],
             }
         write_json(args.out, output)
