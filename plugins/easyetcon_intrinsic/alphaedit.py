@@ -47,7 +47,7 @@ from easyetcon.errors import JournalError
 from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
 from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
 from easyetcon_intrinsic.layers import default_span_size, resolve_layers
-from easyetcon_intrinsic.solve import NullSpaceSolver, Projector, add_to_weight, nullspace_basis
+from easyetcon_intrinsic.solve import NullSpaceSolver, Projector, add_to_weight, nullspace_basis, trace_fp64
 from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
 
 
@@ -155,7 +155,7 @@ class AlphaEdit:
                 moment, rule=self.config.nullspace_rule, energy_fraction=self.config.energy_fraction,
                 threshold=self.config.nullspace_threshold, null_moment=self.config.covariance_weight > 0,
             )
-            alpha = self.config.l2 * float(torch.trace(moment.double()))
+            alpha = self.config.l2 * trace_fp64(moment)
             solvers[layer] = NullSpaceSolver(projector, alpha, self.config.covariance_weight)
         return solvers[layer]
 

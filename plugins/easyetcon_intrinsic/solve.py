@@ -48,7 +48,7 @@ BACKWARD_ERROR_TOLERANCE = 1e-6
 #: The fp32 check of a fast-path solve: the same backward error, computed in fp32, whose own
 #: rounding (about √d · 6e-8 in practice) stays well below it.
 QUICK_CHECK_TOLERANCE = 1e-5
-#: Rows multiplied at a time in fp64 (bounds the transient fp64 copy of an fp32 matrix).
+#: Rows of ``C`` multiplied at a time in fp64 checks (bounds the transient fp64 copy).
 CHECK_BLOCK_ROWS = 1024
 #: An fp32 eigendecomposition is kept when ``‖C u − λ u‖ / ‖C‖₂`` and ``|‖u‖ − 1|`` stay below
 #: this on :data:`EIGEN_PROBES` eigenvectors (fp32 ``syevd``: 2e-6 at d = 2048, 1.1e-5 at d = 8192).
@@ -63,9 +63,14 @@ def regularised(covariance: torch.Tensor, ridge: float) -> torch.Tensor:
     return matrix
 
 
+def trace_fp64(matrix: torch.Tensor) -> float:
+    """``tr A`` summed in fp64 from the diagonal, without an fp64 copy of the whole matrix."""
+    return float(matrix.diagonal().double().sum())
+
+
 def ridge_shift(covariance: torch.Tensor, ridge: float) -> float:
     """The ``ridge · tr C / d`` that :func:`regularised` adds to the diagonal."""
-    return 0.0 if ridge == 0 else float(ridge * torch.trace(covariance.double()) / covariance.shape[0])
+    return 0.0 if ridge == 0 else float(ridge * trace_fp64(covariance) / covariance.shape[0])
 
 
 def backward_error(residual: torch.Tensor, matrix_norm: float, x: torch.Tensor, rhs: torch.Tensor) -> float:
@@ -316,15 +321,6 @@ class Projector:
         self.null_given = null_given
         self.rank = k if null_given else d - k
         self.null_moment: torch.Tensor | None = None
-
-    @classmethod
-    def onto(cls, basis: torch.Tensor) -> Projector:
-        """The projector onto the span of ``basis`` (``d × r``, orthonormal columns)."""
-        d, r = basis.shape
-        if 2 * r <= d:
-            return cls(basis, null_given=True)
-        complement = torch.linalg.qr(basis.double(), mode="complete").Q[:, r:]
-        return cls(complement, null_given=False)
 
     @property
     def dimension(self) -> int:
