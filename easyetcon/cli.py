@@ -3,6 +3,7 @@ plugins add more through the ``easyetcon_register_commands`` hook."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -155,10 +156,8 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
 
 
 def _by_family(editors: list[Any]) -> list[list[Any]]:
-    groups: dict[Any, list[Any]] = {}
-    for e in editors:
-        groups.setdefault(e.family, []).append(e)
-    return list(groups.values())
+    """``editors`` (sorted by family, as the registry lists them) in one list per family."""
+    return [list(group) for _, group in itertools.groupby(editors, key=lambda e: e.family)]
 
 
 def _parts_json(registry: Any, kind: str) -> list[dict[str, str]]:

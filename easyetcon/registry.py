@@ -11,7 +11,7 @@ checked when it is imported, with the same checks and messages as an object regi
 from __future__ import annotations
 
 import enum
-import importlib
+import pkgutil
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,13 +47,9 @@ class Family(str, enum.Enum):
 REFERENCE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
-def is_reference(value: Any) -> bool:
-    return isinstance(value, str) and REFERENCE.match(value) is not None
-
-
 def check_reference(value: Any, what: str) -> None:
     """Refuse, at registration, a string that is not a well-formed reference."""
-    if isinstance(value, str) and not is_reference(value):
+    if isinstance(value, str) and REFERENCE.match(value) is None:
         raise PluginError(f"{what}: {value!r} is not a reference of the form 'package.module:attribute'")
 
 
@@ -63,9 +59,7 @@ def resolve(value: Any, what: str) -> Any:
         return value
     module_name, _, attribute = value.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
+        found = pkgutil.resolve_name(value)
     except ImportError as error:
         raise PluginError(f"{what}: cannot import {value!r}: {error}") from error
     except AttributeError:
