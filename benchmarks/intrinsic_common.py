@@ -73,12 +73,41 @@ def editor_name(entry: str) -> str:
     return entry.split("@", 1)[0]
 
 
+def merge_options(options: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``changes`` on top, section by section (``value: {stop_nll: 0.2}`` changes one
+    option of the ``value`` section, not the whole section); a dotted key (``"value.stop_nll"``, as a
+    grid names it) is the same as that one-option section."""
+    merged = dict(options)
+    for name, value in changes.items():
+        if "." in name:
+            section, name = name.split(".", 1)
+            name, value = section, {name: value}
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = merge_options(merged[name], value)
+        else:
+            merged[name] = value
+    return merged
+
+
+def options_changed(base: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`merge_options` would have to put on ``base`` to give ``options`` (section by section)."""
+    changed: dict[str, Any] = {}
+    for name, value in options.items():
+        if isinstance(value, dict) and isinstance(base.get(name), dict):
+            inner = options_changed(base[name], value)
+            if inner:
+                changed[name] = inner
+        elif base.get(name) != value:
+            changed[name] = value
+    return changed
+
+
 def load_configs(path: Path, *, sequential: bool = False) -> dict[str, dict[str, Any]]:
     """Editor -> options; with ``sequential``, each editor's ``sequential_overrides`` applied on top."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     overrides = data.get("sequential_overrides", {}) if sequential else {}
     return {
-        name: {**options, **overrides.get(name, {})}
+        name: merge_options(options, overrides.get(name, {}))
         for name, options in data.items()
         if not name.startswith("_") and name != "sequential_overrides"
     }

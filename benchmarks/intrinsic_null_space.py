@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     run_arguments(parser)
     args = parse_run_arguments(parser, argv)
 
-    from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
-    from easyetcon_intrinsic.keys import activations_at, fact_positions
-    from easyetcon_intrinsic.solve import nullspace_projector
+    from easyetcon.statistics import LayerStatistics, StatisticsConfig
+    from easyetcon.activations import activations_at
+    from easyetcon.locate.keys import fact_positions
+    from easyetcon.locate.solve import nullspace_projector
     from easyetcon_world import make_edit_requests
 
     model, world, folder = load_world_model(args.model)

@@ -4,7 +4,7 @@
 
 Both tokenise and run the same batches of the fact world's corpus: the plain pass runs the
 whole model (logits included) under ``torch.no_grad``; the statistics
-pass is :func:`easyetcon_intrinsic.covariance.collect_second_moments`, which accumulates
+pass is :func:`easyetcon.statistics.collect_second_moments`, which accumulates
 ``k kᵀ`` at the requested layers and stops the forward pass after the deepest one. Reported:
 tokens per second of each and their ratio (target: statistics at most 1.3× slower), for the
 editors' layers and for the last layer (the worst case: the whole network runs).
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     run_arguments(parser)
     args = parse_run_arguments(parser, argv)
 
-    from easyetcon_intrinsic.covariance import StatisticsConfig, collect_second_moments, resolve_texts
+    from easyetcon.statistics import StatisticsConfig, collect_second_moments, resolve_texts
 
     model, _, folder = load_world_model(args.model)
     texts, corpus = resolve_texts(model, StatisticsConfig(source="world"))

@@ -5,7 +5,7 @@
         --grid '{"energy_fraction": [0.95, 0.99]}' --out benchmarks/results/intrinsic_tune_alphaedit_seq.json
 
 Every point of a grid (the product of the listed option values, on top of the editor's entry in
-``--configs``) is scored with single edits (default) or one sequential run (``--sequential``),
+``--configs``; an option inside a section is named with a dot: ``value.stop_nll``) is scored with single edits (default) or one sequential run (``--sequential``),
 under the generation protocol. The best point has the highest reliability + generalization +
 locality among the points whose reliability reaches ``--min-reliability`` and whose locality
 reaches ``--min-locality`` (all points when none does).
@@ -38,6 +38,8 @@ from intrinsic_common import (  # noqa: E402
     environment,
     fmt,
     load_configs,
+    merge_options,
+    options_changed,
     load_world_model,
     parse_editors,
     parse_run_arguments,
@@ -51,7 +53,7 @@ from intrinsic_single import single_edits  # noqa: E402
 GRIDS = {
     "ft-l": {"layers": [[1], [2], [3]], "learning_rate": [1e-3, 5e-3]},
     "ft-m": {"layers": [[1], [2], [3]], "learning_rate": [1e-3, 5e-3]},
-    "rome": {"layer": [0, 1, 2], "clamp_norm_factor": [4.0, 10.0]},
+    "rome": {"layer": [0, 1, 2], "value.clamp_norm_factor": [4.0, 10.0]},
     "memit": {"layers": [[0, 1], [1, 2], [0, 1, 2]], "covariance_weight": [100.0, 1000.0, 10000.0]},
     "alphaedit": {"layers": [[0, 1], [1, 2], [0, 1, 2]], "energy_fraction": [0.9, 0.99]},
 }
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = json.loads(args.grid) if args.grid else GRIDS[editor_name(editor)]
         trials = []
         for point in grid_points(grid):
-            options = {**configs.get(editor, {}), **point}
+            options = merge_options(configs.get(editor, {}), point)
             started = time.perf_counter()
             try:
                 if args.sequential:
@@ -150,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for editor in editors:
             if args.sequential:  # only what differs from the single-edit options
                 single = load_configs(args.configs)[editor]
-                stored.setdefault("sequential_overrides", {})[editor] = {
-                    k: v for k, v in configs[editor].items() if single.get(k) != v
-                }
+                stored.setdefault("sequential_overrides", {})[editor] = options_changed(single, configs[editor])
             else:
                 stored[editor] = configs[editor]
         stored["_tuned_with"] = stored.get("_tuned_with", {}) | {e: " ".join(sys.argv) for e in editors}

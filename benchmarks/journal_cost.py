@@ -231,10 +231,10 @@ def llama8b_part(args: Any) -> dict[str, Any]:
 #: AlphaEdit's statistics come from 32 short texts the model samples; AlphaEdit's projector is an
 #: eigendecomposition of a 14336 x 14336 matrix (AlphaEdit's two edits took 22 minutes on one thread here).
 LLAMA8B_EDITORS = {
-    "rome": {"layer": 0, "use_covariance": False, "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0},
-    "memit": {"layers": [0], "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0,
+    "rome": {"layer": 0, "use_covariance": False, "key": {"prefixes": 2, "prefix_source": "fixed"}, "value": {"steps": 3, "kl_factor": 0.0}},
+    "memit": {"layers": [0], "key": {"prefixes": 2, "prefix_source": "fixed"}, "value": {"steps": 3, "kl_factor": 0.0},
               "statistics": {"source": "model-samples", "samples": 32, "max_length": 16, "batch_size": 8, "cache": False, "progress": False}},
-    "alphaedit": {"layers": [0], "prefixes": 2, "prefix_source": "fixed", "steps": 3, "kl_factor": 0.0,
+    "alphaedit": {"layers": [0], "key": {"prefixes": 2, "prefix_source": "fixed"}, "value": {"steps": 3, "kl_factor": 0.0},
                   "statistics": {"source": "model-samples", "samples": 32, "max_length": 16, "batch_size": 8, "cache": False, "progress": False}},
     "ft-m": {"layers": [1], "steps": 3},
     "tpsft": {"rounds": 1, "steps_per_round": 1, "weights": {"layers": [1]}},

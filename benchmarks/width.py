@@ -133,16 +133,17 @@ def requests_for(count: int) -> list[Any]:
 
 def our_options(name: str, steps: int, texts: int) -> dict[str, Any]:
     statistics = {"samples": texts, "max_length": 128, "batch_size": 16, "cache": False, "progress": False}
-    values = {"steps": steps, "prefixes": PREFIX_COUNT, "prefix_source": "fixed", "kl_factor": 0.0625}
+    key = {"prefixes": PREFIX_COUNT, "prefix_source": "fixed"}
+    value = {"steps": steps, "kl_factor": 0.0625, "learning_rate": 0.5, "clamp_norm_factor": 4.0}
     if name == "rome":
-        return {**values, "layer": 0, "learning_rate": 0.5, "clamp_norm_factor": 4.0, "statistics": statistics}
+        return {"key": key, "value": value, "layer": 0, "statistics": statistics}
     if name == "rome-no-covariance":
-        return {**values, "layer": 0, "learning_rate": 0.5, "clamp_norm_factor": 4.0, "use_covariance": False}
+        return {"key": key, "value": value, "layer": 0, "use_covariance": False}
     if name == "memit":
-        return {**values, "layers": [0], "learning_rate": 0.5, "statistics": statistics}
+        return {"key": key, "value": {**value, "clamp_norm_factor": 0.75}, "layers": [0], "statistics": statistics}
     if name == "alphaedit":
-        return {**values, "layers": [0], "learning_rate": 0.1, "clamp_norm_factor": 0.75, "nullspace_rule": "absolute",
-                "nullspace_threshold": 2e-2, "l2": 1e-3, "statistics": statistics}
+        return {"key": key, "value": {**value, "learning_rate": 0.1, "clamp_norm_factor": 0.75}, "layers": [0],
+                "nullspace_rule": "absolute", "nullspace_threshold": 2e-2, "l2": 1e-3, "statistics": statistics}
     if name == "ft-m":
         return {"layers": [0], "steps": steps}
     if name == "tpsft":
@@ -181,7 +182,7 @@ def texts_for(tokenizer: Any, intermediate: int) -> list[str]:
 
 def plain_forward_seconds(model: Any, texts: list[str], batch_size: int) -> float:
     """A plain forward pass over ``texts``, batched as the statistics batch them (by length)."""
-    from easyetcon_intrinsic.covariance import plan_batches
+    from easyetcon.statistics import plan_batches
 
     tokenizer = model.tokenizer
     started = time.perf_counter()
@@ -196,7 +197,7 @@ def plain_forward_seconds(model: Any, texts: list[str], batch_size: int) -> floa
 def synthetic_null_space(d: int, fraction: float, seed: int = 0) -> tuple[torch.Tensor, bool]:
     """A random null space of ``r = fraction · d`` dimensions, as ``(vectors, null_given)``: the
     smaller orthonormal set that defines it (the null space's basis, or its complement's when
-    ``r > d/2``), as :class:`~easyetcon_intrinsic.solve.Projector` takes it. AlphaEdit's per-edit
+    ``r > d/2``), as :class:`~easyetcon.locate.solve.Projector` takes it. AlphaEdit's per-edit
     cost depends on the null space's dimension, not on which subspace it is, so edits can be timed
     at widths where the one-time eigen/singular value decomposition is out of reach on this CPU."""
     rank = round(fraction * d)
@@ -219,7 +220,7 @@ def dense_projector(vectors: torch.Tensor, null_given: bool) -> torch.Tensor:
 def install_null_space(editor: Any, model: Any, requests: list[Any], vectors: torch.Tensor, null_given: bool) -> None:
     """Our AlphaEdit's per-layer solver on a given null space, in place of the one ``prepare``
     derives from statistics (benchmark only: it sets the editor's private solver table)."""
-    from easyetcon_intrinsic.solve import NullSpaceSolver, Projector
+    from easyetcon.locate.solve import NullSpaceSolver, Projector
 
     (layer,) = editor.layers(model, requests)
     editor.prefixes(model)
@@ -400,7 +401,7 @@ def peak_child(args: argparse.Namespace) -> dict[str, Any]:
 
 def statistics_seconds(model: Any, options: dict[str, Any], texts: list[str]) -> float:
     """Collecting the editor's key statistics alone, afresh (no memo, no cache)."""
-    from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+    from easyetcon.statistics import LayerStatistics, StatisticsConfig
 
     config = StatisticsConfig(**options["statistics"])
     statistics = LayerStatistics(config)

@@ -123,6 +123,7 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             "rewards": _parts_json(registry, "reward"),
             "adapters": _parts_json(registry, "adapter"),
             "models": _parts_json(registry, "model"),
+            "text_sources": _parts_json(registry, "text-source"),
             "plugins": [{"name": n, "distribution": d} for n, d in host.plugins()],
         }
         click.echo(json.dumps(payload, indent=2))
@@ -151,6 +152,7 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             ("rewards", [p.name for p in registry.parts("reward")]),
             ("model adapters", [p.name for p in registry.parts("adapter")]),
             ("model names", [p.name for p in registry.parts("model")]),
+            ("text sources", [p.name for p in registry.parts("text-source")]),
         ):
             console.print(f"[bold]{kind}:[/bold] {', '.join(names) or '(none)'}")
 

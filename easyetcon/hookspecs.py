@@ -187,6 +187,29 @@ def easyetcon_register_models(register: Any) -> None:
 
 
 @hookspec
+def easyetcon_register_text_sources(register: Any) -> None:
+    """Register sources of ordinary text for a model: what key statistics (``statistics.source``)
+    and the preservation terms of consolidators read as "text the model usually sees".
+
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later. The core reads ``model-samples`` and ``dataset:<path>`` itself; a plugin
+    that knows more about some models offers their texts here (the world plugin registers
+    ``world``: the pretraining corpus of a fact-world model).
+
+    :param register: call ``register(name, find, *, summary)``. ``name`` is what
+        ``statistics.source`` names (one word; not ``auto``, ``model-samples`` or ``dataset:...``);
+        ``find(model)`` takes an :class:`easyetcon.EditableModel` and returns an
+        :class:`easyetcon.statistics.TextSource` (a sentence saying why the texts are the model's,
+        their identity for the statistics cache, and a function returning the texts), or ``None``
+        when it has no texts for this model. ``statistics.source: auto`` asks every registered
+        source in registration order and takes the first that returns one, else
+        ``model-samples``. ``find`` may raise :class:`easyetcon.errors.ConfigError` saying why a
+        model that should be its own is broken. ``find`` may be a reference, imported on first use.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
 def easyetcon_register_model_adapters(register: Any) -> None:
     """Register architecture adapters: where a model family keeps its blocks, MLP projections,
     final norm, embeddings and LM head.

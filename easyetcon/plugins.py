@@ -170,6 +170,7 @@ class PluginHost:
             ("easyetcon_register_metrics", "metric"),
             ("easyetcon_register_rewards", "reward"),
             ("easyetcon_register_models", "model"),
+            ("easyetcon_register_text_sources", "text-source"),
         ):
             self._call_per_plugin(
                 hook_name, lambda plugin, dist, kind=kind: _part_register(registry, kind, plugin, dist)
@@ -269,7 +270,16 @@ def _check_model_locator(locate: Any, what: str) -> None:
         raise PluginError(f"{what}: a model name's locate must be callable")
 
 
-_PART_CHECKS = {"metric": _check_metric, "reward": _check_reward, "model": _check_model_locator}
+def _check_text_source(find: Any, what: str) -> None:
+    if not callable(find):
+        raise PluginError(f"{what}: a text source's find must be callable(model)")
+
+
+_PART_CHECKS = {
+    "metric": _check_metric, "reward": _check_reward, "model": _check_model_locator, "text-source": _check_text_source,
+}
+#: Statistics sources the core reads itself; a text source may not take their names.
+_CORE_TEXT_SOURCES = ("auto", "model-samples")
 
 
 def _part_register(registry: Registry, kind: str, plugin: str, distribution: str) -> Callable:
@@ -278,6 +288,10 @@ def _part_register(registry: Registry, kind: str, plugin: str, distribution: str
         _check_summary(summary, what)
         if kind == "model" and (not isinstance(name, str) or not name.strip() or "/" in name):
             raise PluginError(f"{what}: a model name is one word without '/' (hub ids have one)")
+        if kind == "text-source" and (
+            not isinstance(name, str) or not name.strip() or any(c in name for c in ":/ ") or name in _CORE_TEXT_SOURCES
+        ):
+            raise PluginError(f"{what}: a text source's name is one word without ':' or '/', other than {', '.join(_CORE_TEXT_SOURCES)}")
         check_reference(obj, what)
         part = NamedPart(kind, name, obj, summary.strip(), distribution, check=_PART_CHECKS[kind])
         if not isinstance(obj, str):

@@ -225,7 +225,9 @@ class Registry:
     def __init__(self) -> None:
         self._editors: dict[str, EditorInfo] = {}
         self._datasets: dict[str, DatasetInfo] = {}
-        self._parts: dict[str, dict[str, NamedPart]] = {"metric": {}, "reward": {}, "adapter": {}, "model": {}}
+        self._parts: dict[str, dict[str, NamedPart]] = {
+            "metric": {}, "reward": {}, "adapter": {}, "model": {}, "text-source": {},
+        }
 
     # ---- editors -------------------------------------------------------------------------
     def add_editor(self, info: EditorInfo) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from easyetcon.errors import RequestError
 
@@ -53,13 +53,40 @@ def encode_continuation(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
-    """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring."""
+def pad_id_of(tokenizer: Any) -> int:
+    """The id padding uses: the tokenizer's pad token, else its end-of-sequence token, else 0.
+    Padded positions are masked out, so the choice never changes a result."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, *, side: Literal["right", "left"] = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one batch: ``(input_ids, attention_mask)``, long tensors of the longest row's width.
+
+    ``side="right"`` keeps each token at its position (teacher forcing, reading activations);
+    ``"left"`` ends every row at the last column (batched generation). ``pad_id`` may be any
+    fill value (``IGNORE_INDEX`` for a label batch).
+    """
     import torch
 
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        input_ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return input_ids, mask
+
+
+def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
+    """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, labels, prompt_lengths, target_ids = [], [], [], []
     for prompt, target in zip(prompts, targets):
         prompt_ids = tokenizer(prompt)["input_ids"]
@@ -68,14 +95,8 @@ def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence
         labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
         prompt_lengths.append(len(prompt_ids))
         target_ids.append(answer_ids)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    label_tensor = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, label) in enumerate(zip(rows, labels)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        label_tensor[i, : len(label)] = torch.tensor(label)
-        mask[i, : len(row)] = 1
+    input_ids, mask = pad_rows(rows, pad_id_of(tokenizer))
+    label_tensor, _ = pad_rows(labels, IGNORE_INDEX)
     return TargetBatch(input_ids, mask, label_tensor, prompt_lengths, target_ids)
 
 

@@ -21,12 +21,13 @@ from easyetcon.testing import tiny_model
 
 STATISTICS = {"source": "model-samples", "samples": 16, "max_length": 16, "batch_size": 16, "progress": False}
 CHAIN = [("alphaedit", {
-    "prefixes": 2, "prefix_source": "generated", "prefix_length": 4, "steps": 8, "weight_decay": 0.0,
-    "kl_factor": 0.0, "clamp_norm_factor": 1e4, "statistics": STATISTICS, "layers": [0, 1], "learning_rate": 0.5,
+    "key": {"prefixes": 2, "prefix_source": "generated", "prefix_length": 4},
+    "value": {"steps": 8, "weight_decay": 0.0, "kl_factor": 0.0, "clamp_norm_factor": 1e4, "learning_rate": 0.5},
+    "statistics": STATISTICS, "layers": [0, 1],
 })]
 OPTIONS = {"schedule": "every:2", "protocols": ("teacher-forced",), "max_new_tokens": 4, "progress": False, "report": False}
 # Whether an edit holds does not matter here, only that both runs compute the same.
-pytestmark = pytest.mark.filterwarnings("ignore::easyetcon_intrinsic.values.EditNotReachedWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::easyetcon.locate.values.EditNotReachedWarning")
 
 SUBJECTS = ["Danielle Darrieux", "Eiffel Tower", "Toko Yasuda", "Apple", "Berlin"]
 

@@ -14,7 +14,7 @@ from easyetcon.errors import ConfigError
 from easyetcon.requests import EditRequest
 
 # The key statistics of ROME/MEMIT/AlphaEdit (streamed, cached on disk) serve the preservation term.
-from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig
+from easyetcon.statistics import LayerStatistics, StatisticsConfig
 
 FfnModules = Literal["mlp_out", "mlp_in", "mlp"]
 

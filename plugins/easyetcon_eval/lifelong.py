@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,27 @@ def describe_chain(chain: Any) -> list[dict[str, Any]]:
         {"step": s.name, "editor": s.info.name, "family": s.info.family.value, "config": s.config.model_dump(mode="json")}
         for s in chain.steps
     ]
+
+
+def same_chain(recorded: Any, chain: Any) -> bool:
+    """Whether a run's recorded chain (:func:`describe_chain`) is ``chain``. Each recorded config is
+    read again by its step's config model first, so a run recorded before options moved into
+    sections (flat keys; read with a deprecation warning) still matches the same options written now."""
+    current = describe_chain(chain)
+    if not isinstance(recorded, list) or len(recorded) != len(current):
+        return False
+    for stored, step, now in zip(recorded, chain.steps, current):
+        if not isinstance(stored, dict) or {k: v for k, v in stored.items() if k != "config"} != {k: v for k, v in now.items() if k != "config"}:
+            return False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # the flat keys are ours, not the user's
+                config = step.info.config_model.model_validate(stored.get("config")).model_dump(mode="json")
+        except ValueError:  # pydantic's ValidationError: options this version no longer reads
+            return False
+        if config != now["config"]:
+            return False
+    return True
 
 
 def latest_edits(requests: Sequence[EditRequest]) -> list[int]:
@@ -268,7 +290,7 @@ def run_lifelong(
             journal = Journal(journal_dir)
             meta = journal.metadata
             journal.check_base(model, what=f"the model given to resume the lifelong run in {str(out)!r}")
-            if meta.get("chain") != chain_description:
+            if not same_chain(meta.get("chain"), chain):
                 raise JournalError(f"the lifelong run in {str(out)!r} used another chain: {meta.get('chain')}")
             if meta.get("groups") != group_ids:
                 raise JournalError(

@@ -27,6 +27,8 @@ def easyetcon_register_metrics(register: Any) -> None:
 @hookimpl
 def easyetcon_register_commands(cli: Any) -> None:
     from easyetcon_eval.cli import compare_command, eval_command
+    from easyetcon_eval.demo import demo_command
 
     cli.add_command(eval_command)
     cli.add_command(compare_command)
+    cli.add_command(demo_command)

@@ -4,7 +4,7 @@ MEMIT trades new facts against old ones through the ``λ C`` term; AlphaEdit rem
 With ``P`` the projector onto the directions that the keys of ordinary text (second moment ``C``)
 do not use, every update has the form ``Δ P``, so ``(W + Δ P) k₀ = W k₀`` for preserved keys
 ``k₀``: the model's outputs on them are untouched by construction. For each layer (as in MEMIT,
-:mod:`.memit`, steps 1-2) the update is the paper's eq. 9
+``easyetcon_intrinsic.memit``, steps 1-2) the update is the paper's eq. 9
 
     Δ = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹
 
@@ -21,13 +21,13 @@ null space (little energy, but not none) is protected in proportion, as MEMIT pr
 Each update is written as its factors ``R`` and ``(P A⁻¹ P K)ᵀ`` (``A`` the matrix of eq. 9 as
 solved), never as a ``d × d`` matrix.
 
-Editor state and cost: per model and layer the null space (:class:`.solve.Projector`: Householder
+Editor state and cost: per model and layer the null space (:class:`easyetcon.locate.solve.Projector`: Householder
 reflectors of the smaller of its eigenvector set and its complement's, from a certified fp32
 eigendecomposition) and the fp64 inverse of the ``r × r`` system eq. 9 becomes in null-space
 coordinates, kept current by one rank-``n`` Woodbury step per edit
-(:class:`.solve.NullSpaceSolver`): at most ``8 d²`` bytes, an edit costs ``O(d k n + r² n)``, and
+(:class:`easyetcon.locate.solve.NullSpaceSolver`): at most ``8 d²`` bytes, an edit costs ``O(d k n + r² n)``, and
 neither grows with the number of earlier edits. The layers, prefixes, statistics and projectors are
-derived in :meth:`AlphaEdit.prepare` from the unedited model. The inverse is carried from edit
+derived in ``prepare`` from the unedited model. The inverse is carried from edit
 to edit: each step's journal holds the keys it added (:meth:`AlphaEdit.journal_state`, ``n × d``
 per layer), and replaying the journal adds them again in the same order
 (:meth:`AlphaEdit.restore_state`), which rebuilds the same fp64 inverse bit for bit. Undoing a
@@ -41,50 +41,19 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
 from easyetcon.errors import JournalError
-from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, weights_hashed_once
-from easyetcon_intrinsic.keys import activations_at, fact_keys, fact_positions, make_prefixes
-from easyetcon_intrinsic.layers import default_span_size, resolve_layers
-from easyetcon_intrinsic.solve import NullSpaceSolver, Projector, add_to_weight, nullspace_basis, trace_fp64
-from easyetcon_intrinsic.values import ValueOptimisation, check_kl_prompts, optimise_value
+from easyetcon.locate import LocateThenEdit, SpanConfig, ValueOptions, with_defaults
+from easyetcon.locate.solve import NullSpaceSolver, Projector, nullspace_basis, trace_fp64
+
+AlphaEditValueOptions = with_defaults(ValueOptions, learning_rate=0.1, clamp_norm_factor=0.75)
 
 
-class AlphaEditConfig(BaseModel):
+class AlphaEditConfig(SpanConfig):
     """Options of ``alphaedit``. Defaults follow the paper's Llama-3 settings where they are scale-free."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    layers: list[int] | Literal["auto", "trace"] = Field(
-        default="auto",
-        description="layers the update is spread over: indices, 'auto' (early-middle span from the model's "
-        "depth) or 'trace' (the span with the largest causal effect on the first requests)",
-    )
-    fact_token: Literal["subject_last", "last"] = Field(
-        default="subject_last",
-        description="where keys are read and values written: the subject's last token (the papers) or the "
-        "prompt's last token (ROME's 'last' strategy: specific to subject and relation)",
-    )
-    prefixes: int = Field(default=10, ge=0, le=100, description="prefix contexts keys and values are averaged over")
-    prefix_length: int = Field(default=10, ge=1, le=64, description="tokens per generated prefix")
-    prefix_source: Literal["generated", "fixed"] = "generated"
-    steps: int = Field(default=25, ge=1, le=1000, description="optimisation steps for each target hidden state")
-    learning_rate: float = Field(default=0.1, gt=0, description="Adam learning rate of δ")
-    kl_factor: float = Field(default=0.0625, ge=0, description="weight of the KL term on the essence prompts")
-    weight_decay: float = Field(
-        default=0.01, ge=0, description="weight of (‖δ‖/‖h‖)² (scale-free; the papers' ‖δ‖/‖h‖² is ~0 at their scale)"
-    )
-    clamp_norm_factor: float = Field(default=0.75, gt=0, description="‖δ‖ is clamped to this × ‖h‖")
-    stop_nll: float = Field(default=0.05, ge=0, description="stop optimising once the target NLL is below this")
-    kl_prompts: list[str] = Field(
-        default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in"
-    )
-    kl_continuation_tokens: int = Field(
-        default=0, ge=0, le=256,
-        description="0: KL at the end of each essence prompt (the paper); N: KL over the model's own N-token "
-        "continuation of each, sentence by sentence, leaving out sentences that state the edited fact",
-    )
+    value: AlphaEditValueOptions = Field(default_factory=AlphaEditValueOptions, description="how the target hidden states are optimised")
     nullspace_rule: Literal["energy", "absolute"] = Field(default="energy", description="how the null space of C is chosen")
     energy_fraction: float = Field(
         default=0.99, gt=0, le=1, description="rule 'energy': share of C's spectral energy that is protected"
@@ -98,42 +67,15 @@ class AlphaEditConfig(BaseModel):
         description="λ: also penalise λ·E‖Δ P k₀‖² over preserved keys, protecting their small components "
         "inside the null space (0: the paper's AlphaEdit)",
     )
-    statistics: StatisticsConfig = Field(default_factory=StatisticsConfig, description="where C comes from")
-
-    @field_validator("layers")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("name at least one layer")
-        return value
-
-    _has_subject = field_validator("kl_prompts")(check_kl_prompts)
 
 
-class AlphaEdit:
+class AlphaEdit(LocateThenEdit):
     """The ``alphaedit`` editor. Keeps, per model: layers, prefixes, projectors and each layer's :class:`NullSpaceSolver`."""
 
     def __init__(self, config: AlphaEditConfig) -> None:
-        self.config = config
-        self.statistics = LayerStatistics(config.statistics)
-        self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        super().__init__(config)
         self._solvers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (generation, {layer: NullSpaceSolver})
         self._last_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (request ids, {layer: K})
-
-    def layers(self, model: Any, requests: Sequence[Any]) -> list[int]:
-        if model.torch_model not in self._layers:
-            count = default_span_size(model.adapter.num_layers(model.torch_model))
-            self._layers[model.torch_model] = resolve_layers(
-                model, self.config.layers, requests, count=count, option="layers", fact_token=self.config.fact_token
-            )
-        return self._layers[model.torch_model]
-
-    def prefixes(self, model: Any) -> list[str]:
-        if model.torch_model not in self._prefixes:
-            config = self.config
-            self._prefixes[model.torch_model] = make_prefixes(model, config.prefixes, config.prefix_length, config.prefix_source)
-        return self._prefixes[model.torch_model]
 
     def projector(self, model: Any, layer: int) -> Projector:
         """``P`` onto the null space of the layer's key statistics (computed once per model)."""
@@ -159,15 +101,7 @@ class AlphaEdit:
             solvers[layer] = NullSpaceSolver(projector, alpha, self.config.covariance_weight)
         return solvers[layer]
 
-    def prepare(self, model: Any, requests: Sequence[Any]) -> None:
-        """Choose the layers, make the prefixes, read ``C`` and build ``P`` of each layer from
-        ``model`` (memoised per model)."""
-        with weights_hashed_once(model):
-            layers = self.layers(model, requests)
-            self.prefixes(model)
-            self.statistics.reserve(model, layers)  # one pass over the texts for all layers
-            for layer in layers:
-                self.solver(model, layer)
+    prepare_layer = solver
 
     def journal_state(self, model: Any, requests: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The keys the last :meth:`edit` of ``requests`` added to ``K_p K_pᵀ``: ``edited_keys.<layer>``, fp32 ``(n, d_in)``."""
@@ -209,36 +143,17 @@ class AlphaEdit:
             self.solver(model, layer).add_keys(keys)
         self._last_written[model.torch_model] = (list(request_ids), written)
 
-    def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
-        return [model.adapter.weight_name("mlp_out", layer) for layer in self.layers(model, requests)]
-
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
-        for request in requests:
-            request.require_subject_in_prompt()
-        self.prepare(model, requests)  # a no-op after the chain's prepare; first use otherwise
-        layers = self.layers(model, requests)
-        prefixes = self.prefixes(model)
-        last_block = model.adapter.blocks(model.torch_model)[layers[-1]]
-        prompts = [r.prompt for r in requests]
-        positions = fact_positions(
-            model.tokenizer, prompts, [r.subject for r in requests], [r.request_id for r in requests], self.config.fact_token
-        )
-
+        sites = self.locate(model, requests)
         # 1. the hidden state after the last edited layer that states each target (as in MEMIT)
-        settings = ValueOptimisation.from_config(self.config)
-        values = [optimise_value(model, last_block, request, prefixes, settings) for request in requests]
-        targets = torch.stack([value.original + value.delta for value in values])
-
+        targets = sites.hidden_targets(self.config.value)
         # 2. spread the residual over the layers, each update confined to the null space
         written: dict[int, torch.Tensor] = {}
-        for index, layer in enumerate(layers):
+        for layer, keys, residuals in sites.spread(targets):
             # a layer's keys do not depend on its own or later layers' weights: these are also
             # the keys after the whole edit, which step 3 protects
-            keys = written[layer] = fact_keys(model, layer, requests, prefixes, self.config.fact_token)
-            current = activations_at(model, last_block, prompts, positions, which="output")
-            residuals = (targets - current) / (len(layers) - index)
+            written[layer] = keys
             left, right = self.solver(model, layer).factors(keys, residuals)
-            add_to_weight(model, layer, left, right)
-
+            sites.write(layer, left, right)
         # 3. remember the keys just written, so later edits leave them alone
         self._add_edited_keys(model, [r.request_id for r in requests], written)

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from easyetcon.errors import RequestError
 from easyetcon.text import IGNORE_INDEX, TargetBatch, build_target_batch, encode_continuation
 from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, reused_lower_blocks, trainable_only
-from easyetcon_intrinsic.keys import pad_id_of, pad_right
-from easyetcon_intrinsic.layers import resolve_layers
+from easyetcon.text import pad_id_of, pad_rows
+from easyetcon.locate.layers import resolve_layers
 
 
 class FineTuneConfig(BaseModel):
@@ -110,7 +110,7 @@ class FineTuneLast:
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         tokenizer = model.tokenizer
-        input_ids, attention_mask = pad_right([tokenizer(r.prompt)["input_ids"] for r in requests], pad_id_of(tokenizer))
+        input_ids, attention_mask = pad_rows([tokenizer(r.prompt)["input_ids"] for r in requests], pad_id_of(tokenizer))
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
         last = attention_mask.sum(dim=1) - 1
         targets = [torch.tensor(encode_continuation(tokenizer, r.target_new), device=model.device) for r in requests]

@@ -1,4 +1,4 @@
-"""The intrinsic-editing family: FT-L, FT-M, ROME, MEMIT and AlphaEdit.
+"""The intrinsic-editing family: FT-L, FT-M, ROME, MEMIT, AlphaEdit, EMMET and UltraEdit.
 
 Each editor's algorithm reads top to bottom in its own module. They are registered by reference
 ("module:Class"): a module, and torch with it, is imported when its editor is first used.
@@ -32,4 +32,13 @@ def easyetcon_register_intrinsic_editors(register: Any) -> None:
     register(
         "alphaedit", "easyetcon_intrinsic.alphaedit:AlphaEdit", config="easyetcon_intrinsic.alphaedit:AlphaEditConfig", subfamily="locate-then-edit",
         summary="AlphaEdit: MEMIT-style update projected onto the null space of preserved keys' statistics.",
+    )
+    register(
+        "emmet", "easyetcon_intrinsic.emmet:Emmet", config="easyetcon_intrinsic.emmet:EmmetConfig", subfamily="locate-then-edit",
+        summary="EMMET: batched ROME, every new key's value met exactly over MEMIT's spread of layers.",
+    )
+    register(
+        "ultraedit", "easyetcon_intrinsic.ultraedit:UltraEdit", config="easyetcon_intrinsic.ultraedit:UltraEditConfig",
+        subfamily="closed-form",
+        summary="UltraEdit: training- and subject-free ridge update from one backward pass, lifelong normalisation.",
     )

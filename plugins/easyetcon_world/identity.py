@@ -130,6 +130,18 @@ def world_of_model(folder: Path | None, model_config: Any) -> WorldOfModel | Non
     )
 
 
+def world_texts(model: Any) -> Any:
+    """The ``world`` text source: a fact-world model's pretraining corpus (an
+    :class:`easyetcon.statistics.TextSource`), ``None`` for any other model."""
+    from easyetcon.statistics import TextSource
+
+    folder = Path(str(model.source)).expanduser() if model.source else None
+    found = world_of_model(folder, getattr(model.torch_model, "config", None))
+    if found is None:
+        return None
+    return TextSource(f"the model is a fact-world model: {found.found}", f"world:{found.fingerprint[:16]}", found.pretraining_texts)
+
+
 def regenerate(config: WorldConfig) -> World:
     """The generated world of ``config``."""
     options = config.model_dump(exclude={"preset", "seed", "size"})

@@ -93,11 +93,16 @@ def easyetcon_register_models(register) -> None:
 
 
 @hookimpl
-def easyetcon_register_commands(cli: click.Group) -> None:
-    from easyetcon_world.demo import demo_command
+def easyetcon_register_text_sources(register) -> None:
+    register(
+        "world", "easyetcon_world.identity:world_texts",
+        summary="the pretraining corpus of a fact-world model (world.json beside its weights, or its config.json's entry)",
+    )
 
+
+@hookimpl
+def easyetcon_register_commands(cli: click.Group) -> None:
     cli.add_command(world_group)
-    cli.add_command(demo_command)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ tiny tokenizer; the fact world's pretrained model (when shipped) is edited with 
 
 from __future__ import annotations
 
+from typing import Any
+
+from easyetcon.locate import KeyOptions, ValueOptions
 from easyetcon.requests import EditRequest
 
 #: Statistics that take a second to collect on a tiny model (texts sampled from the model itself).
@@ -18,6 +21,17 @@ STRONG_VALUES = {
     "prefixes": 2, "prefix_source": "fixed", "steps": 20, "weight_decay": 0.0, "kl_factor": 0.0,
     "clamp_norm_factor": 1e4, "statistics": TINY_STATISTICS,
 }
+
+
+def sectioned(options: dict[str, Any]) -> dict[str, Any]:
+    """Locate-then-edit options written flat here (flat dicts combine with ``**``) in the form the
+    editors read: the key and value options under ``key:`` and ``value:``."""
+    result = {name: value for name, value in options.items() if name not in KeyOptions.model_fields and name not in ValueOptions.model_fields}
+    for section, fields in (("key", KeyOptions.model_fields), ("value", ValueOptions.model_fields)):
+        part = {name: value for name, value in options.items() if name in fields}
+        if part:
+            result[section] = part
+    return result
 
 
 def subject_final_requests() -> list[EditRequest]:

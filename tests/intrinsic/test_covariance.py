@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from easyetcon_intrinsic.covariance import (
+from easyetcon.statistics import (
     LayerStatistics,
     StatisticsConfig,
     cache_path,
@@ -14,8 +14,8 @@ from easyetcon_intrinsic.covariance import (
     resolve_texts,
     symmetric_gram,
 )
-from easyetcon_intrinsic.keys import capture_input
-from easyetcon_intrinsic.solve import add_to_weight
+from easyetcon.activations import capture_input
+from easyetcon.locate.solve import add_to_weight
 
 from easyetcon.errors import ConfigError
 from easyetcon.plugins import get_host
@@ -174,7 +174,7 @@ def test_symmetric_gram_of_narrow_rows_falls_back_to_one_product():
 
 @pytest.mark.parametrize("width", [40, 1100])  # one product, and the banded sum of wide keys
 def test_the_moment_sum_adds_the_same_numbers_as_symmetric_gram_without_a_full_product(width):
-    from easyetcon_intrinsic.covariance import KeyMomentSum
+    from easyetcon.statistics import KeyMomentSum
 
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, width, generator=generator) for n in (30, 7, 50)]

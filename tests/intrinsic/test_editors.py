@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from easyetcon_intrinsic.keys import capture_input, fact_keys
+from easyetcon.activations import capture_input
+from easyetcon.locate.keys import fact_keys
 
 from easyetcon.chain import EditChain
 from easyetcon.errors import ChainStepError
@@ -10,7 +11,7 @@ from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
 from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.testing.tiny import TINY_CORPUS
-from tests.intrinsic.helpers import STRONG_VALUES, subject_final_requests
+from tests.intrinsic.helpers import STRONG_VALUES, sectioned, subject_final_requests
 
 
 def make(arch="llama", dtype=None):
@@ -39,7 +40,7 @@ def preserved_keys(model, layer, texts):
 def test_rome_update_has_rank_one(arch):
     model = make(arch)
     before = out_in(model, 1)
-    EditChain([("rome", {**STRONG_VALUES, "layer": 1})]).apply(model, subject_final_requests()[:1])
+    EditChain([("rome", sectioned({**STRONG_VALUES, "layer": 1}))]).apply(model, subject_final_requests()[:1])
     singular = torch.linalg.svdvals(out_in(model, 1) - before)
     assert singular[0] > 1e-3
     assert singular[1] / singular[0] < 1e-5
@@ -49,7 +50,7 @@ def test_rome_sequential_edits_undo_bit_exactly_and_keep_the_first_edit():
     model = make()
     original = model.state_hash()
     first, second = subject_final_requests()
-    result = EditChain([("rome", {**STRONG_VALUES, "layer": 0})]).apply(model, [first, second], mode="sequential")
+    result = EditChain([("rome", sectioned({**STRONG_VALUES, "layer": 0}))]).apply(model, [first, second], mode="sequential")
     assert len(result.records) == 2
     assert model.predicts(first.prompt, first.target_new) and model.predicts(second.prompt, second.target_new)
     result.undo(model)
@@ -70,7 +71,7 @@ def test_alphaedit_leaves_preserved_keys_outputs_unchanged(arch):
         ("rome", {"layer": 1, "use_covariance": False}, (1,)),  # an unprojected update, for contrast
     ]:
         model = make(arch)
-        chain = EditChain([(editor, {**STRONG_VALUES, **options})])
+        chain = EditChain([(editor, sectioned({**STRONG_VALUES, **options}))])
         chain.steps[0].editor.statistics.use_texts(preserved)
         keys = {layer: preserved_keys(model, layer, preserved) for layer in layers}
         before = {layer: out_in(model, layer) for layer in layers}
@@ -84,7 +85,7 @@ def test_alphaedit_leaves_preserved_keys_outputs_unchanged(arch):
 
 def test_alphaedit_accumulates_edited_keys_and_protects_earlier_edits():
     model = make()
-    options = {**STRONG_VALUES, "layers": [0, 1], "learning_rate": 0.5, "l2": 1e-4}
+    options = sectioned({**STRONG_VALUES, "layers": [0, 1], "learning_rate": 0.5, "l2": 1e-4})
     chain = EditChain([("alphaedit", options)])
     editor = chain.steps[0].editor
     first, second = subject_final_requests()
@@ -137,9 +138,9 @@ def test_ft_l_and_ft_m_agree_on_one_token_targets():
 
 
 @pytest.mark.parametrize("editor,options", [
-    ("rome", {**STRONG_VALUES, "layer": 0}),
-    ("memit", {**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0}),
-    ("alphaedit", {**STRONG_VALUES, "layers": [0, 1], "learning_rate": 0.5}),
+    ("rome", sectioned({**STRONG_VALUES, "layer": 0})),
+    ("memit", sectioned({**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0})),
+    ("alphaedit", sectioned({**STRONG_VALUES, "layers": [0, 1], "learning_rate": 0.5})),
 ])
 def test_bfloat16_models_are_edited_in_fp64_and_stay_bfloat16(editor, options):
     model = make("llama", torch.bfloat16)
@@ -156,19 +157,19 @@ def test_missing_subject_names_the_record_and_leaves_the_model(editor):
     original = model.state_hash()
     bad = EditRequest(prompt="The tower is located in", subject="Colosseum", target_new="Paris", case_id="no-subject-3")
     with pytest.raises(ChainStepError, match="no-subject-3.*Colosseum"):
-        EditChain([(editor, STRONG_VALUES)]).apply(model, [subject_final_requests()[0], bad], mode="batch")
+        EditChain([(editor, sectioned(STRONG_VALUES))]).apply(model, [subject_final_requests()[0], bad], mode="batch")
     assert model.state_hash() == original
 
 
 def test_layer_beyond_the_model_is_reported_with_the_option():
     model = make()
     with pytest.raises(ChainStepError, match="option 'layer'.*3 layers"):
-        EditChain([("rome", {**STRONG_VALUES, "layer": 7})]).apply(model, subject_final_requests()[:1])
+        EditChain([("rome", sectioned({**STRONG_VALUES, "layer": 7}))]).apply(model, subject_final_requests()[:1])
 
 
 def test_traced_layer_is_chosen_once_and_declared():
     model = make()
-    chain = EditChain([("rome", {**STRONG_VALUES, "layer": "trace"})])
+    chain = EditChain([("rome", sectioned({**STRONG_VALUES, "layer": "trace"}))])
     result = chain.apply(model, subject_final_requests(), mode="sequential")
     layer = chain.steps[0].editor.layer(model, [])
     assert {n for r in result.records for n in r.weights.names} == {model.adapter.weight_name("mlp_out", layer)}

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from easyetcon_intrinsic.keys import capture_input, fact_keys, fill_prefixes, make_prefixes
-from easyetcon_intrinsic.layers import best_window, default_layers, default_span_size, resolve_layers, trace_mlp_effects
-from easyetcon_intrinsic.solve import (
+from easyetcon.activations import capture_input
+from easyetcon.locate.keys import fact_keys, fill_prefixes, make_prefixes
+from easyetcon.locate.layers import best_window, default_layers, default_span_size, resolve_layers, trace_mlp_effects
+from easyetcon.locate.solve import (
     add_to_weight,
     least_squares_update,
     nullspace_projector,
@@ -218,7 +219,7 @@ class ScriptedModel:
 
 
 def test_essence_prompts_alone_are_scored_at_their_last_position():
-    from easyetcon_intrinsic.values import essence_texts
+    from easyetcon.locate.values import essence_texts
 
     model = ScriptedModel({})
     request = EditRequest(prompt="Toko Yasuda plays the", subject="Toko Yasuda", target_new="piano")
@@ -228,7 +229,7 @@ def test_essence_prompts_alone_are_scored_at_their_last_position():
 
 
 def test_essence_continuations_keep_other_facts_and_drop_the_edited_one():
-    from easyetcon_intrinsic.values import essence_texts
+    from easyetcon.locate.values import essence_texts
 
     model = ScriptedModel({
         "Toko Yasuda.": " Toko Yasuda plays the guitar. Toko Yasuda lives in Paris. The sky is blue.",
@@ -248,17 +249,18 @@ def test_essence_continuations_keep_other_facts_and_drop_the_edited_one():
 
 
 def _value_settings(**changes):
-    from easyetcon_intrinsic.values import ValueOptimisation
+    from easyetcon.locate.values import ValueOptions
 
     settings = dict(steps=20, learning_rate=0.5, kl_factor=0.0, weight_decay=0.0, clamp_norm_factor=1e4, stop_nll=0.05,
-                    kl_prompts=[], fact_token="subject_last")
-    return ValueOptimisation(**{**settings, **changes})
+                    kl_prompts=[])
+    return ValueOptions(**{**settings, **changes})
 
 
 def test_a_value_that_does_not_reach_its_target_warns_naming_the_request():
     import warnings
 
-    from easyetcon_intrinsic.values import EditNotReachedWarning, optimise_value
+    from easyetcon.locate.keys import locate_request
+    from easyetcon.locate.values import EditNotReachedWarning, optimise_value
 
     model = make()
     request = subject_final_requests()[0]
@@ -267,7 +269,7 @@ def test_a_value_that_does_not_reach_its_target_warns_naming_the_request():
     (target_id,) = model.tokenizer(" " + request.target_new, add_special_tokens=False)["input_ids"]
     assert model.torch_model(input_ids=prompt_ids).logits[0, -1].argmax() != target_id  # not said before the edit
     with pytest.warns(EditNotReachedWarning, match=rf"request '{request.request_id}'.*behind 0 of 1 prefixes.*raise learning_rate"):
-        optimise_value(model, block, request, ["{}"], _value_settings(steps=1, learning_rate=1e-9))
+        optimise_value(model, block, locate_request(model.tokenizer, request, ["{}"], "subject_last"), _value_settings(steps=1, learning_rate=1e-9))
     with warnings.catch_warnings():
         warnings.simplefilter("error", EditNotReachedWarning)
-        optimise_value(model, block, request, ["{}"], _value_settings())
+        optimise_value(model, block, locate_request(model.tokenizer, request, ["{}"], "subject_last"), _value_settings())

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from easyetcon_intrinsic import solve
-from easyetcon_intrinsic.solve import (
+from easyetcon.locate import solve
+from easyetcon.locate.solve import (
     FactoredCovariance,
     NullSpaceSolver,
     least_squares_factors,
@@ -16,7 +16,7 @@ from easyetcon_intrinsic.solve import (
 
 from easyetcon.plugins import get_host
 from easyetcon.testing import tiny_model
-from tests.intrinsic.helpers import STRONG_VALUES, subject_final_requests
+from tests.intrinsic.helpers import STRONG_VALUES, sectioned, subject_final_requests
 
 
 def second_moment(d, *, condition=1e2, seed=0, samples=400):
@@ -181,7 +181,7 @@ def big_solves_refused(monkeypatch, largest):
 ])
 def test_editors_solve_no_d_by_d_system_per_edit(name, options, monkeypatch):
     model = tiny_model("llama", registry=get_host().registry)
-    editor = get_host().registry.editor(name).create({**STRONG_VALUES, **options})
+    editor = get_host().registry.editor(name).create(sectioned({**STRONG_VALUES, **options}))
     first, second = subject_final_requests()
     before = {n: p.detach().clone() for n, p in model.torch_model.named_parameters()}
     editor.prepare(model, [first])

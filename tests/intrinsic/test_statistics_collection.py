@@ -5,15 +5,15 @@ import warnings
 
 import pytest
 import torch
-from easyetcon_intrinsic import covariance
-from easyetcon_intrinsic.covariance import (
+from easyetcon import statistics as covariance
+from easyetcon.statistics import (
     LayerStatistics,
     StatisticsConfig,
     collect_second_moments,
     padding_fraction,
     plan_batches,
 )
-from easyetcon_intrinsic.keys import capture_input
+from easyetcon.activations import capture_input
 
 from easyetcon.plugins import get_host
 from easyetcon.testing import tiny_model
@@ -169,7 +169,7 @@ def test_the_progress_bar_shows_tokens_per_second_unless_disabled(capsys):
 
 
 def test_a_source_with_fewer_texts_than_asked_says_so():
-    from easyetcon_intrinsic.covariance import FewerTextsWarning
+    from easyetcon.statistics import FewerTextsWarning
 
     model = tiny_model("llama", registry=get_host().registry)
     texts = MIXED_TEXTS[:6]

@@ -16,7 +16,7 @@ from easyetcon.model import load_model
 from easyetcon.plugins import get_host
 from easyetcon.testing import tiny_model
 from easyetcon.testing.tiny import TINY_CORPUS
-from easyetcon_intrinsic.covariance import LayerStatistics, StatisticsConfig, choose_source
+from easyetcon.statistics import LayerStatistics, StatisticsConfig, choose_source
 from tests.intrinsic.helpers import world_model
 
 LOGGER = "easyetcon.intrinsic.statistics"
@@ -47,7 +47,7 @@ def test_auto_on_a_plain_model_says_it_is_no_world_model_and_counts_texts_and_to
     computed = LayerStatistics(StatisticsConfig(**SMALL)).get(model, [1])[1]
     assert computed.texts == SMALL["samples"]
     (line,) = statistics_lines(caplog)
-    assert line.startswith("key statistics of layers [1]: source model-samples (auto: the model is not a fact-world model: no world.json")
+    assert line.startswith("key statistics of layers [1]: source model-samples (auto: no registered text source has texts for the model (world: the pretraining corpus of a fact-world model")
     assert f"computed, from {SMALL['samples']} texts ({computed.tokens:,} tokens)" in line
 
     caplog.clear()
@@ -181,7 +181,7 @@ def test_a_dataset_world_without_its_world_file_says_what_to_copy():
 def test_easyetcon_edit_out_keeps_the_world_and_shows_the_statistics_line(shipped, tmp_path, own_cache):
     chain = tmp_path / "chain.yaml"
     chain.write_text(
-        "chain:\n  - editor: rome\n    layer: 0\n    steps: 3\n    prefixes: 1\n"
+        "chain:\n  - editor: rome\n    layer: 0\n    value: {steps: 3}\n    key: {prefixes: 1}\n"
         "    statistics: {samples: 20, max_length: 32, progress: false}\n"
     )
 

@@ -5,7 +5,7 @@ import logging
 
 from easyetcon.plugins import get_host
 from easyetcon.testing import tiny_model
-from easyetcon_intrinsic.layers import resolve_layers
+from easyetcon.locate.layers import resolve_layers
 from tests.intrinsic.helpers import subject_final_requests
 
 

@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 import torch
-from easyetcon_intrinsic import values
-from easyetcon_intrinsic.keys import fill_prefixes
-from easyetcon_intrinsic.values import ForwardPasses, ValueOptimisation, optimise_value
+from easyetcon.locate import values
+from easyetcon.locate.keys import fill_prefixes, locate_request
+from easyetcon.locate.values import ForwardPasses, ValueOptions, optimise_value
 
 from easyetcon.plugins import get_host
 from easyetcon.testing import tiny_model
@@ -21,7 +21,11 @@ def settings(**changes):
         steps=6, learning_rate=0.5, kl_factor=0.5, weight_decay=0.01, clamp_norm_factor=4.0, stop_nll=0.0,
         kl_prompts=["{subject} is a"], kl_continuation_tokens=0,
     )
-    return ValueOptimisation(**{**options, **changes})
+    return ValueOptions(**{**options, **changes})
+
+
+def located(model, request):
+    return locate_request(model.tokenizer, request, PREFIXES, "subject_last")
 
 
 def passes_for(model, rows, positions, keep):
@@ -62,7 +66,7 @@ def test_suffix_passes_optimise_the_same_value_as_full_passes(arch, continuation
         for split in (False, True):
             monkeypatch.setattr(ForwardPasses, "can_split", property(lambda self, split=split: split and self.prefix is not None))
             values._SUFFIX_PASSES_AGREE.pop(model.torch_model, None)
-            results[split] = optimise_value(model, module, request, PREFIXES, options)
+            results[split] = optimise_value(model, module, located(model, request), options)
     assert values._SUFFIX_PASSES_AGREE[model.torch_model] is True
     assert results[True].delta.abs().max() > 1e-4
     assert torch.allclose(results[True].delta, results[False].delta, atol=1e-6, rtol=1e-5)
@@ -75,13 +79,13 @@ def test_each_step_runs_only_the_suffix_tokens():
     module = model.adapter.module(model.torch_model, "mlp_out", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimise_value(model, module, request, PREFIXES, settings(steps=1))  # the once-per-model check
+        optimise_value(model, module, located(model, request), settings(steps=1))  # the once-per-model check
     seen = []
     handle = model.adapter.embed_module(model.torch_model).register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            optimise_value(model, module, request, PREFIXES, settings(steps=3))
+            optimise_value(model, module, located(model, request), settings(steps=3))
     finally:
         handle.remove()
     full_width = max(len(model.tokenizer(text + " " + request.target_new)["input_ids"]) for text in fill_prefixes(PREFIXES, request.prompt))
@@ -104,26 +108,26 @@ def test_a_model_whose_suffix_passes_disagree_gets_full_passes(monkeypatch):
     values._SUFFIX_PASSES_AGREE.pop(model.torch_model, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimise_value(model, module, request, PREFIXES, settings(steps=2))
+        optimise_value(model, module, located(model, request), settings(steps=2))
     assert values._SUFFIX_PASSES_AGREE[model.torch_model] is False
     calls = []
     monkeypatch.setattr(ForwardPasses, "run", lambda self, module, delta, *, suffix: calls.append(suffix) or real_run(self, module, delta, suffix=suffix))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimise_value(model, module, request, PREFIXES, settings(steps=2))
+        optimise_value(model, module, located(model, request), settings(steps=2))
     assert calls == [False, False, False]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_the_key_read_in_the_first_pass_is_the_prefix_averaged_fact_key(arch):
-    from easyetcon_intrinsic.keys import fact_keys
+    from easyetcon.locate.keys import fact_keys
 
     model = tiny_model(arch, registry=get_host().registry)
     request = subject_final_requests()[0]
     module = model.adapter.module(model.torch_model, "mlp_out", 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = optimise_value(model, module, request, PREFIXES, settings(steps=2), key_module=module)
+        value = optimise_value(model, module, located(model, request), settings(steps=2), key_module=module)
     expected = fact_keys(model, 1, [request], PREFIXES)[0]
     assert value.key.shape == expected.shape
     assert torch.allclose(value.key, expected, atol=1e-6, rtol=1e-5)

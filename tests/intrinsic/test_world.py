@@ -7,16 +7,17 @@ first, the relation after it) are edited, as in the benchmarks.
 import pytest
 
 from easyetcon.chain import EditChain
-from tests.intrinsic.helpers import world_model
+from tests.intrinsic.helpers import sectioned, world_model
 
 STATISTICS = {"source": "world", "samples": 300, "progress": False}
 VALUES = {"steps": 60, "weight_decay": 0.0, "clamp_norm_factor": 4.0, "prefixes": 3, "statistics": STATISTICS}
 OPTIONS = {
     "ft-m": {"layers": [3], "learning_rate": 0.002, "steps": 40},
-    "rome": {**VALUES, "layer": 0, "learning_rate": 0.2},  # the papers' subject token, at the layer tracing finds
-    "rome-last": {**VALUES, "layer": "trace", "fact_token": "last", "learning_rate": 0.2},
-    "memit": {**VALUES, "layers": [0, 1], "covariance_weight": 100.0, "learning_rate": 0.2},
-    "alphaedit": {**VALUES, "layers": [3], "fact_token": "last", "learning_rate": 0.1, "energy_fraction": 0.99},
+    "rome": sectioned({**VALUES, "layer": 0, "learning_rate": 0.2}),  # the papers' subject token, at the layer tracing finds
+    "rome-last": sectioned({**VALUES, "layer": "trace", "fact_token": "last", "learning_rate": 0.2}),
+    "memit": sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 100.0, "learning_rate": 0.2}),
+    "alphaedit": sectioned({**VALUES, "layers": [3], "fact_token": "last", "learning_rate": 0.1, "energy_fraction": 0.99}),
+    "emmet": sectioned({**VALUES, "layers": [0, 1], "learning_rate": 0.2}),
 }
 
 
@@ -25,9 +26,10 @@ OPTIONS = {
 WIDE_VALUES = {**VALUES, "fact_token": "last", "learning_rate": 1.0}
 WIDE_OPTIONS = {
     "ft-m": {"layers": [3], "learning_rate": 0.001, "steps": 40, "stop_loss": 0.05},
-    "rome": {**WIDE_VALUES, "layer": 3},
-    "memit": {**WIDE_VALUES, "layers": [3], "covariance_weight": 100.0},
-    "alphaedit": {**WIDE_VALUES, "layers": [3], "energy_fraction": 0.99},
+    "rome": sectioned({**WIDE_VALUES, "layer": 3}),
+    "memit": sectioned({**WIDE_VALUES, "layers": [3], "covariance_weight": 100.0}),
+    "alphaedit": sectioned({**WIDE_VALUES, "layers": [3], "energy_fraction": 0.99}),
+    "emmet": sectioned({**WIDE_VALUES, "layers": [3]}),
 }
 
 

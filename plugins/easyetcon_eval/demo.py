@@ -1,7 +1,8 @@
 """``easyetcon demo``: edit a handful of facts of the shipped fact-world model and show what changed.
 
-Loads the shipped model (no training, no download), draws counterfactual edits from the test
-split, applies a chain (ROME by default, or any chain spec), and prints, per edit, the model's
+Loads the model named ``default`` and draws counterfactual edits from the ``fact-world`` dataset's
+test split (both registered by the world plugin: the shipped model, no training, no download),
+applies a chain (ROME by default, or any chain spec), and prints, per edit, the model's
 answers before and after on the edit prompt, a held-out rephrasing and every locality probe
 (the facts the locality score counts: the subject's other facts and other subjects' facts of
 the same relation), then the scores of the generation protocol before and after.
@@ -15,6 +16,8 @@ from typing import Any
 
 import click
 
+#: What the demo edits: a model name and a dataset, both registered by the world plugin.
+DEMO_MODEL, DEMO_DATASET = "default", "fact-world"
 #: The demo's default chain: ROME at the layer tuned for the shipped model (benchmarks/intrinsic_tune.py).
 DEFAULT_DEMO_CHAIN = [{"editor": "rome", "layer": 1, "statistics": {"source": "world", "samples": 2000, "progress": False}}]
 
@@ -30,26 +33,25 @@ def demo_command(chain_path: str | None, edits: int, seed: int) -> None:
     from rich.table import Table
 
     from easyetcon.chain import EditChain
+    from easyetcon.errors import EasyEtconError
     from easyetcon.model import load_model
     from easyetcon.plugins import get_host
     from easyetcon.spec import load_chain_spec
-    from easyetcon_world.edits import make_edit_requests
-    from easyetcon_world.shipped import default_model_path, load_world
-
-    try:
-        from easyetcon_eval import compute_baseline, evaluate_edits
-    except ImportError:
-        raise click.ClickException("the demo scores edits with the built-in eval plugin (easyetcon_eval), which is not importable") from None
+    from easyetcon_eval.evaluate import compute_baseline, evaluate_edits
 
     console = Console()
     started = time.perf_counter()
     host = get_host()
     chain = load_chain_spec(chain_path)[1] if chain_path else EditChain(DEFAULT_DEMO_CHAIN, host=host)
-    # The shipped model loads like any Hugging Face model folder.
-    model = load_model(default_model_path(), registry=host.registry)
-    world = load_world(default_model_path())
-    requests = make_edit_requests(world, "test", n=edits, seed=seed)
-    console.print(f"[bold]fact world[/bold]: {len(world.facts)} facts; editing {len(requests)} with {chain!r}")
+    try:  # the world plugin's model name and dataset; any plugin could register them
+        model = load_model(DEMO_MODEL, registry=host.registry)
+        requests = host.registry.dataset(DEMO_DATASET).load({"split": "test", "n": edits, "edit_seed": seed})
+    except EasyEtconError as error:
+        raise click.ClickException(
+            f"the demo edits the model named {DEMO_MODEL!r} with requests of the {DEMO_DATASET!r} dataset, "
+            f"which the world plugin registers: {error}"
+        ) from None
+    console.print(f"[bold]{DEMO_DATASET}[/bold] (test split): editing {len(requests)} facts of model {DEMO_MODEL!r} with {chain!r}")
 
     probes = demo_probes(requests)
     prompts = [prompt for _, prompt, _ in probes]

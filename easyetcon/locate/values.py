@@ -27,57 +27,51 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from easyetcon.activations import add_to_output, capture_input, capture_output, run_forward
 from easyetcon.errors import EasyEtconError
-from easyetcon.text import build_target_batch
+from easyetcon.locate.keys import FactToken, LocatedRequest, fact_positions
+from easyetcon.text import build_target_batch, pad_id_of, pad_rows
 from easyetcon.training import trainable_only
-from easyetcon_intrinsic.keys import (
-    FactToken,
-    add_to_output,
-    capture_input,
-    capture_output,
-    fact_positions,
-    fill_prefixes,
-    pad_id_of,
-    pad_right,
-    run_forward,
-)
 
 
 class EditNotReachedWarning(UserWarning):
     """The value optimisation ended without making the target likely: the edit will probably not hold."""
 
 
-def check_kl_prompts(prompts: list[str]) -> list[str]:
-    """Validator of the ``kl_prompts`` option: every essence prompt names the subject."""
-    bad = [prompt for prompt in prompts if "{subject}" not in prompt]
-    if bad:
-        raise ValueError(f"every essence prompt needs a '{{subject}}' placeholder; these have none: {bad}")
-    return prompts
+class ValueOptions(BaseModel):
+    """How ``δ`` is optimised (the ``value:`` section of a locate-then-edit editor's options).
 
+    Editors whose papers use other defaults declare them with :func:`easyetcon.locate.with_defaults`."""
 
-@dataclass
-class ValueOptimisation:
-    """Hyperparameters of the ``δ`` optimisation (every locate-then-edit config has these fields)."""
+    model_config = ConfigDict(extra="forbid")
 
-    steps: int
-    learning_rate: float
-    kl_factor: float
-    weight_decay: float
-    clamp_norm_factor: float
-    stop_nll: float
-    kl_prompts: Sequence[str]
-    kl_continuation_tokens: int = 0
-    fact_token: FactToken = "subject_last"
+    steps: int = Field(default=25, ge=1, le=1000, description="optimisation steps for δ")
+    learning_rate: float = Field(default=0.5, gt=0, description="Adam learning rate of δ")
+    kl_factor: float = Field(default=0.0625, ge=0, description="weight of the KL term on the essence prompts")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="weight of (‖δ‖/‖v‖)² (scale-free; the papers' ‖δ‖/‖v‖² is ~0 at their scale)"
+    )
+    clamp_norm_factor: float = Field(default=4.0, gt=0, description="‖δ‖ is clamped to this × ‖v‖")
+    stop_nll: float = Field(default=0.05, ge=0, description="stop optimising once the target NLL is below this")
+    kl_prompts: list[str] = Field(
+        default_factory=lambda: ["{subject} is a"], description="essence prompts; {subject} is filled in"
+    )
+    kl_continuation_tokens: int = Field(
+        default=0, ge=0, le=256,
+        description="0: KL at the end of each essence prompt (the paper); N: KL over the model's own N-token "
+        "continuation of each, sentence by sentence, leaving out sentences that state the edited fact",
+    )
 
+    @field_validator("kl_prompts")
     @classmethod
-    def from_config(cls, config: Any) -> ValueOptimisation:
-        return cls(
-            config.steps, config.learning_rate, config.kl_factor, config.weight_decay,
-            config.clamp_norm_factor, config.stop_nll, list(config.kl_prompts), config.kl_continuation_tokens,
-            config.fact_token,
-        )
+    def _name_the_subject(cls, prompts: list[str]) -> list[str]:
+        bad = [prompt for prompt in prompts if "{subject}" not in prompt]
+        if bad:
+            raise ValueError(f"every essence prompt needs a '{{subject}}' placeholder; these have none: {bad}")
+        return prompts
 
 
 @dataclass
@@ -196,7 +190,7 @@ class ForwardPasses:
         self.torch_model = torch_model
         self.stop_module = stop_module  # the last layer's attention output projection, if the adapter names it
         self.positions = list(positions)
-        input_ids, mask = pad_right(rows, pad_id)
+        input_ids, mask = pad_rows(rows, pad_id)
         self.input_ids, self.attention_mask = input_ids.to(device), mask.to(device)
         self.keep = keep
         self.prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -231,7 +225,7 @@ class ForwardPasses:
             shape = (len(rows),) + (1,) * (keys.dim() - 3) + (width, 1)
             # a row whose fact token comes first has only padding here: zero it, so no NaN can leak
             prefix.append((keys.masked_fill(padding.view(shape), 0), values.masked_fill(padding.view(shape), 0)))
-        suffix_ids, suffix_mask = pad_right([row[p:] for row, p in zip(rows, self.positions)], pad_id)
+        suffix_ids, suffix_mask = pad_rows([row[p:] for row, p in zip(rows, self.positions)], pad_id)
         self.suffix_ids = suffix_ids.to(device)
         self.suffix_attention_mask = torch.cat([prefix_mask, suffix_mask.to(device)], dim=1)
         self.suffix_position_ids = splits[:, None] + torch.arange(suffix_ids.shape[1], device=device)[None, :]
@@ -276,22 +270,20 @@ class ForwardPasses:
 
 
 def optimise_value(
-    model: Any, module: nn.Module, request: Any, prefixes: Sequence[str], settings: ValueOptimisation,
-    *, key_module: nn.Module | None = None,
+    model: Any, module: nn.Module, located: LocatedRequest, settings: ValueOptions, *, key_module: nn.Module | None = None,
 ) -> OptimisedValue:
-    """Optimise ``δ`` added to ``module``'s output at the fact token (see the module docstring).
+    """Optimise ``δ`` added to ``module``'s output at the located request's fact token, behind
+    each of its prefixes (see the module docstring).
 
     Each step is one forward pass with ``δ`` added, logits computed only at the target and KL
     positions; the first (``δ = 0``) also gives the original output and the KL reference."""
-    torch_model, tokenizer = model.torch_model, model.tokenizer
-    rewriting = fill_prefixes(prefixes, request.prompt)
+    torch_model, tokenizer, request = model.torch_model, model.tokenizer, located.request
+    rewriting = list(located.texts)
     essence = (
-        essence_texts(model, request, settings.kl_prompts, settings.kl_continuation_tokens, settings.fact_token)
+        essence_texts(model, request, settings.kl_prompts, settings.kl_continuation_tokens, located.fact_token)
         if settings.kl_factor > 0 else []
     )
-    positions = fact_positions(
-        tokenizer, rewriting, [request.subject] * len(rewriting), [request.request_id] * len(rewriting), settings.fact_token
-    ) + [text.fact_position for text in essence]
+    positions = list(located.positions) + [text.fact_position for text in essence]
 
     target = build_target_batch(tokenizer, rewriting, [request.target_new] * len(rewriting))
     rows = [row[: int(m.sum())].tolist() for row, m in zip(target.input_ids, target.attention_mask)]

@@ -209,7 +209,7 @@ class FactoredCovariance:
 
 class FactorisationCache:
     """One :class:`FactoredCovariance` per model, layer and ``(weight, ridge)``, made once (in the
-    editor's ``prepare``) from its :class:`~easyetcon_intrinsic.covariance.LayerStatistics` and
+    editor's ``prepare``) from its :class:`~easyetcon.statistics.LayerStatistics` and
     reused by every edit. The statistics' ``C`` is *taken* (dropped from their memory) once
     factorised, so a layer costs one ``d × d`` matrix between edits, not two."""
 
@@ -533,23 +533,24 @@ class NullSpaceSolver:
         self.edited_keys += coordinates.shape[1]
 
 
-def add_to_weight(model: Any, layer: int, left: torch.Tensor, right: torch.Tensor) -> None:
-    """``W ← W + left @ right`` on the layer's ``mlp_out`` weight, in fp64 and cast back to its dtype.
+def add_to_weight(model: Any, layer: int, left: torch.Tensor, right: torch.Tensor, kind: str = "mlp_out") -> None:
+    """``W ← W + left @ right`` on the layer's ``kind`` weight (by default ``mlp_out``), in fp64 and
+    cast back to its dtype.
 
     ``left`` ``(out, r)`` and ``right`` ``(r, in)`` factor the update in the adapter's ``(out, in)``
     view. It is written with :meth:`EditableModel.add_low_rank`, so the chain can journal the two
     factors instead of the weight; for GPT-2's Conv1D, which stores ``Wᵀ``, that is ``rightᵀ @ leftᵀ``.
     """
-    module = model.adapter.module(model.torch_model, "mlp_out", layer)
+    module = model.adapter.module(model.torch_model, kind, layer)
     in_features, out_features = model.adapter.in_out_features(module)
     if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[0] or (left.shape[0], right.shape[1]) != (out_features, in_features):
         raise ValueError(
             f"update {tuple(left.shape)} @ {tuple(right.shape)} does not fit the (out, in) = "
-            f"({out_features}, {in_features}) weight of layer {layer}"
+            f"({out_features}, {in_features}) {kind} weight of layer {layer}"
         )
     if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
         raise FloatingPointError(f"the update of layer {layer} is not finite; lower the learning rate or add a ridge")
     if model.adapter.is_transposed(module):
         left, right = right.T, left.T
     # contiguous factors: the journal stores them so, and replay must multiply the same layout
-    model.add_low_rank(model.adapter.weight_name("mlp_out", layer), left.contiguous(), right.contiguous())
+    model.add_low_rank(model.adapter.weight_name(kind, layer), left.contiguous(), right.contiguous())

@@ -10,8 +10,7 @@ output at the subject's last token, and see how much of the answer's probability
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ import torch
 
 from easyetcon.errors import ConfigError
 from easyetcon.text import encode_continuation, locate_subject_tokens
-from easyetcon_intrinsic.keys import output_tensor
+from easyetcon.activations import forward_hook, output_tensor
 
 LayerChoice = Literal["auto", "trace"]
 
@@ -73,22 +72,13 @@ def trace_mlp_effects(
             answer = int(torch_model(input_ids=ids[:1]).logits[0, -1].argmax())
         noise = torch.randn((samples, len(subject), embed.weight.shape[1]), generator=generator) * scale
         position = subject[-1] if fact_token == "subject_last" else ids.shape[1] - 1
-        with _hooked(embed, partial(_add_noise, span=(subject[0], subject[-1] + 1), noise=noise)):
+        with forward_hook(embed, partial(_add_noise, span=(subject[0], subject[-1] + 1), noise=noise)):
             corrupted = _answer_probability(torch_model, ids, answer)
             for layer in range(num_layers):
                 module = adapter.module(torch_model, "mlp_out", layer)
-                with _hooked(module, partial(_restore_clean, position=position)):
+                with forward_hook(module, partial(_restore_clean, position=position)):
                     effects[layer] += _answer_probability(torch_model, ids, answer) - corrupted
     return (effects / max(1, len(requests))).tolist()
-
-
-@contextmanager
-def _hooked(module: Any, hook: Any) -> Iterator[None]:
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _add_noise(_module: Any, _args: tuple, output: torch.Tensor, *, span: tuple[int, int], noise: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,17 @@ ROME, MEMIT and AlphaEdit need ``C = E[k kᵀ]``, the uncentred second moment of
 (the inputs of its MLP output projection) over ordinary text: ROME and MEMIT to spread an
 update along directions the layer rarely sees, AlphaEdit to find the directions it never sees.
 
-* Text comes from a ``datasets`` dataset (local files or a hub id), the fact world's corpus,
-  samples drawn from the model itself, or any iterable of strings (:meth:`LayerStatistics.use_texts`).
+* Text comes from a ``datasets`` dataset (local files or a hub id), samples drawn from the model
+  itself, a source a plugin registers (:func:`~easyetcon.hookspecs.easyetcon_register_text_sources`;
+  the world plugin's ``world`` is the fact world's corpus) or any iterable of strings
+  (:meth:`LayerStatistics.use_texts`).
 * Texts are batched by token length, so little padding runs through the model; keys are
   multiplied in fp32 in blocks of up to ``KEY_BUFFER_ROWS`` and the products summed in fp64,
   with a progress bar in tokens/s; the forward pass stops at the deepest layer needed. One pass
   serves every layer missing at that moment, including layers declared ahead with
   :meth:`LayerStatistics.reserve`.
-* ``auto`` is the world's corpus for a fact-world model (:func:`find_world`), else model samples.
+* ``auto`` is the first registered text source that has texts for the model (the world's corpus
+  for a fact-world model), else model samples.
   Each time statistics are computed or read from the cache, one INFO line (logger
   ``easyetcon.intrinsic.statistics``) names the layers, the source, why it was chosen, and the
   texts and tokens behind them.
@@ -43,11 +46,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import ConfigError
-from easyetcon_intrinsic.keys import StopForward, pad_id_of, pad_right
+from easyetcon.activations import StopForward
+from easyetcon.text import pad_id_of, pad_rows
 
 CACHE_ENV = "EASYETCON_CACHE"
 CACHE_FORMAT = 2  # 2: the key names the source's kind, the file the number of texts
-SOURCES = ("auto", "world", "model-samples", "dataset:<path or hub id>")
+#: The sources the core reads itself; plugins add named ones (``world``).
+CORE_SOURCES = ("auto", "model-samples", "dataset:<path or hub id>")
 
 #: A child of the ``easyetcon`` logger, whose INFO lines the command line shows.
 logger = logging.getLogger("easyetcon.intrinsic.statistics")
@@ -61,10 +66,10 @@ class StatisticsConfig(BaseModel):
     source: str = Field(
         default="auto",
         description=(
-            "'world' (the fact world's corpus of a world model), 'model-samples' (text sampled from the "
-            "model, offline), 'dataset:<path or hub id>' (a datasets dataset: a saved folder, a "
-            ".json/.jsonl/.txt/.csv/.parquet file, or a hub id when online), or 'auto' (world for a "
-            "world model, else model-samples)"
+            "'model-samples' (text sampled from the model, offline), 'dataset:<path or hub id>' (a datasets "
+            "dataset: a saved folder, a .json/.jsonl/.txt/.csv/.parquet file, or a hub id when online), a "
+            "text source a plugin registers ('world': the fact world's corpus of a world model), or 'auto' "
+            "(the first registered source with texts for the model, else model-samples)"
         ),
     )
     samples: int = Field(default=1000, ge=1, description="number of texts")
@@ -78,11 +83,36 @@ class StatisticsConfig(BaseModel):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if value in ("auto", "world", "model-samples"):
+        if value in ("auto", "model-samples"):
             return value
         if value.startswith("dataset:") and value[len("dataset:") :].strip():
             return value
-        raise ValueError(f"unknown statistics source {value!r}; use one of: {', '.join(SOURCES)}")
+        registered = registered_text_sources()
+        if value in registered:
+            return value
+        raise ValueError(f"unknown statistics source {value!r}; use one of: {', '.join([*CORE_SOURCES, *registered])}")
+
+
+def registered_text_sources() -> dict[str, str]:
+    """The text sources the loaded plugins register, in registration order: name -> summary."""
+    from easyetcon.plugins import get_host
+
+    return {part.name: part.summary for part in get_host().registry.parts("text-source")}
+
+
+@dataclass
+class TextSource:
+    """Texts a plugin has for a model: what its registered ``find(model)`` returns
+    (:func:`~easyetcon.hookspecs.easyetcon_register_text_sources`).
+
+    ``found`` is a sentence saying why these texts belong to the model (shown in the statistics
+    line); ``corpus`` identifies the texts in the statistics cache (other texts, another string);
+    ``open_texts()`` returns them, called only when statistics must be computed.
+    """
+
+    found: str
+    corpus: str
+    open_texts: Callable[[], Iterable[str]]
 
 
 class FewerTextsWarning(UserWarning):
@@ -101,27 +131,6 @@ class SecondMoment:
 # --------------------------------------------------------------------------------------------
 # Text sources
 # --------------------------------------------------------------------------------------------
-
-
-def find_world(model: Any) -> Any | None:
-    """The fact world ``model`` was pretrained on (an ``easyetcon_world.identity.WorldOfModel``:
-    ``world``, ``found``, ``pretraining_texts()``), or ``None`` when it is no world model.
-
-    A world model has a ``world.json`` beside its weights or an ``easyetcon_world`` entry in its
-    ``config.json``; the entry survives ``save_pretrained``, so an edited world model saved anywhere
-    is still one.
-    """
-    folder = Path(str(model.source)).expanduser() if model.source else None
-    try:
-        from easyetcon_world.identity import world_of_model
-    except ImportError as error:
-        if folder is not None and (folder / "world.json").is_file():
-            raise ConfigError(
-                f"model {model.source!r} is a fact-world model (world.json beside its weights), and its "
-                f"key statistics need the easyetcon_world plugin: {error}"
-            ) from None
-        return None
-    return world_of_model(folder, getattr(model.torch_model, "config", None))
 
 
 def _file_digest(path: Path) -> str:
@@ -188,44 +197,62 @@ def dataset_texts(spec: str, *, split: str, column: str) -> tuple[Iterator[str],
 class StatisticsSource:
     """The texts one collection reads: which source, why it was chosen, and their cache identity."""
 
-    kind: str  # "world", "model-samples", "dataset" or "texts" (LayerStatistics.use_texts)
+    kind: str  # "model-samples", "dataset", "texts" (LayerStatistics.use_texts) or a text source's name ("world")
     name: str  # as a user would write it: "world", "model-samples", "dataset:<spec>", "texts"
     reason: str  # why this source
     corpus: str | None  # the texts' identity in the cache key; None: not cached
     open_texts: Callable[[], Iterable[str]]  # called once, only when something must be computed
 
 
-NOT_A_WORLD_MODEL = "the model is not a fact-world model: no world.json beside its weights, no easyetcon_world entry in its config.json"
+def _plugin_source(model: Any, name: str) -> tuple[Any, TextSource | None]:
+    """The registered text source ``name`` and what it has for ``model`` (``None``: nothing)."""
+    from easyetcon.plugins import get_host
+
+    part = get_host().registry.part("text-source", name)
+    found = part.obj(model)
+    if found is not None and not isinstance(found, TextSource):
+        raise ConfigError(
+            f"text source {name!r} ({part.distribution}) returned {type(found).__name__}, not an "
+            f"easyetcon.statistics.TextSource"
+        )
+    return part, found
 
 
 def choose_source(model: Any, config: StatisticsConfig) -> StatisticsSource:
-    """The source ``config.source`` names for ``model``: ``auto`` is ``world`` for a fact-world
-    model, else ``model-samples``, and the reason says which and why."""
+    """The source ``config.source`` names for ``model``. ``auto`` asks each registered text source
+    in turn (:func:`~easyetcon.hookspecs.easyetcon_register_text_sources`) and takes the first
+    with texts for the model, else ``model-samples``; the reason says which and why."""
     source = config.source
-    found = None
     if source == "auto":
-        found = find_world(model)
-        source = "world" if found is not None else "model-samples"
-        reason = f"auto: the model is a fact-world model: {found.found}" if found is not None else f"auto: {NOT_A_WORLD_MODEL}"
+        registered = registered_text_sources()
+        for name in registered:
+            _, found = _plugin_source(model, name)
+            if found is not None:
+                return StatisticsSource(name, name, f"auto: {found.found}", found.corpus, found.open_texts)
+        asked = (
+            "no registered text source has texts for the model ("
+            + "; ".join(f"{name}: {summary}" for name, summary in registered.items()) + ")"
+            if registered else "no plugin registers a text source"
+        )
+        source, reason = "model-samples", f"auto: {asked}"
     else:
         reason = "set by statistics.source"
-    if source == "world":
-        found = found or find_world(model)
-        if found is None:
-            raise ConfigError(
-                f"statistics source 'world' needs a fact-world model (world.json beside its weights, or an "
-                f"easyetcon_world entry in its config.json); model {model.source!r} is not one. Use source "
-                f"'model-samples' or 'dataset:<path>'."
-            )
-        return StatisticsSource("world", "world", reason, f"world:{found.fingerprint[:16]}", found.pretraining_texts)
     if source == "model-samples":
         return StatisticsSource(
             "model-samples", "model-samples", reason, f"model-samples:seed=0:length={config.max_length}",
             lambda: model_sample_texts(model, config.samples, config.max_length, batch_size=config.batch_size),
         )
-    spec = source[len("dataset:") :].strip()
-    texts, identity = dataset_texts(spec, split=config.split, column=config.text_column)
-    return StatisticsSource("dataset", f"dataset:{spec}", reason, identity, lambda: texts)
+    if source.startswith("dataset:"):
+        spec = source[len("dataset:") :].strip()
+        texts, identity = dataset_texts(spec, split=config.split, column=config.text_column)
+        return StatisticsSource("dataset", f"dataset:{spec}", reason, identity, lambda: texts)
+    part, found = _plugin_source(model, source)
+    if found is None:
+        raise ConfigError(
+            f"statistics source {source!r} ({part.summary}) has no texts for model {model.source!r}; use "
+            f"source 'model-samples' or 'dataset:<path>'"
+        )
+    return StatisticsSource(source, source, f"{reason}: {found.found}", found.corpus, found.open_texts)
 
 
 def resolve_texts(model: Any, config: StatisticsConfig) -> tuple[Iterator[str], str]:
@@ -425,7 +452,7 @@ def collect_second_moments(
             lengths = [len(row) for row in encoded]
             for batch in plan_batches(lengths, batch_size):
                 # right padding whatever the tokenizer's side: each token keeps the position it has alone
-                input_ids, mask = pad_right([encoded[i] for i in batch], pad_id)
+                input_ids, mask = pad_rows([encoded[i] for i in batch], pad_id)
                 mask = mask.to(device)
                 count = sum(lengths[i] for i in batch)
                 batch_state["rows"] = None if count == mask.numel() else mask.reshape(-1).nonzero().squeeze(1)

@@ -1,7 +1,7 @@
 """`easyetcon demo`'s table shows every probe the locality score counts."""
 
 from easyetcon.requests import EditRequest, Probe
-from easyetcon_world.demo import demo_probes
+from easyetcon_eval.demo import demo_probes
 
 
 def test_the_demo_table_lists_every_locality_probe_wanting_its_answer_unchanged():
