@@ -14,6 +14,7 @@ from torch import nn
 from easyetcon.adapters import ArchitectureAdapter, resolve_adapter
 from easyetcon.errors import EasyEtconError, UnknownNameError
 from easyetcon.hub import HUB_ID
+from easyetcon.text import pad_id_of, pad_rows
 
 PromptRewriter = Callable[[list[str]], list[str]]
 #: ``end(text, index) -> int | None``: where the continuation of prompt ``index`` ends.
@@ -192,7 +193,7 @@ class EditableModel:
         end_of = stop if callable(stop) else _first_stop_string(tuple(s for s in stop if s))
         encoded = [self.tokenizer(p)["input_ids"] for p in (self.rewrite_prompts(prompts) if use_memory else prompts)]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # little padding per batch
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_id = pad_id_of(self.tokenizer)
         outputs = [""] * len(prompts)
         model = self.torch_model
         was_training = model.training
@@ -200,12 +201,8 @@ class EditableModel:
         try:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, i in enumerate(rows):
-                    input_ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i], dtype=torch.long)
-                    attention_mask[r, width - len(encoded[i]) :] = 1
+                input_ids, attention_mask = pad_rows([encoded[i] for i in rows], pad_id, side="left")
+                width = input_ids.shape[1]
                 criteria = _RowsEnded(self.tokenizer, width, rows, end_of)
                 generated = model.generate(
                     input_ids=input_ids.to(self.device),

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from easyetcon.text import build_target_batch
+from easyetcon.text import build_target_batch, pad_id_of, pad_rows
 from easyetcon_eval.answers import exact_match, extract_answer
 from easyetcon_eval.generation import greedy_continuations
 
@@ -109,13 +109,7 @@ def text_perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 8) ->
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
         encoded = [tokenizer(t)["input_ids"] for t in chunk]
-        width = max(len(e) for e in encoded)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, e in enumerate(encoded):
-            ids[r, : len(e)] = torch.tensor(e)
-            mask[r, : len(e)] = 1
+        ids, mask = pad_rows(encoded, pad_id_of(tokenizer))
         logits = torch_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
         token_lp = log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

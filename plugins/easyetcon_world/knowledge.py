@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from easyetcon.text import pad_id_of, pad_rows
 from easyetcon_world.corpus import objects_by_relation, reasoning_chain
 from easyetcon_world.edits import leaf_relations
 from easyetcon_world.relations import (
@@ -88,12 +89,7 @@ def teacher_forced_correct(
             answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
             rows.append(prompt_ids + answer_ids)
             spans.append((len(prompt_ids), len(answer_ids)))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        ids, mask = pad_rows(rows, pad_id_of(tokenizer))
         logits = model(
             input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model))
         ).logits
