@@ -27,12 +27,13 @@ DEFAULT_CONFIGS = HERE / "intrinsic_configs.json"
 #: The options tuned for each shipped world model, used when ``--configs`` is not given.
 SHIPPED_CONFIGS = {"default": DEFAULT_CONFIGS, "wide": HERE / "intrinsic_configs_wide.json"}
 RESULTS = HERE / "results"
-EDITORS = ("ft-l", "ft-m", "rome", "memit", "alphaedit")
+#: The default editors of a run; any registered intrinsic editor with an entry in the configs file can be named.
+EDITORS = ("ft-l", "ft-m", "rome", "memit", "alphaedit", "emmet", "ultraedit")
 METRICS = ("reliability", "generalization", "locality", "portability")
 
 
 def common_arguments(parser: argparse.ArgumentParser, *, edits: int, editors: str = ",".join(EDITORS)) -> None:
-    parser.add_argument("--editors", default=editors, help=f"comma-separated, from {', '.join(EDITORS)}")
+    parser.add_argument("--editors", default=editors, help=f"comma-separated registered intrinsic editors (default {', '.join(EDITORS)})")
     parser.add_argument("--edits", type=int, default=edits, help="number of edit requests")
     parser.add_argument("--split", default="test", choices=("tune", "test"), help="fact-world split")
     parser.add_argument("--edit-seed", type=int, default=0, help="which facts are edited, and to what")
@@ -61,10 +62,13 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None)
 
 def parse_editors(text: str) -> list[str]:
     """Editor names; ``name@label`` is a labelled variant with its own entry in the configs file."""
+    from easyetcon.plugins import get_host
+
+    known = [info.name for info in get_host().registry.editors("intrinsic")]
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if editor_name(name) not in EDITORS]
+    unknown = [name for name in names if editor_name(name) not in known]
     if unknown:
-        raise SystemExit(f"unknown editor(s) {unknown}; choose from {', '.join(EDITORS)} (optionally as name@label)")
+        raise SystemExit(f"unknown editor(s) {unknown}; choose from {', '.join(known)} (optionally as name@label)")
     return names
 
 

@@ -3,7 +3,8 @@
     nohup python benchmarks/intrinsic_sequential.py --editors alphaedit --edits 500 --every 50 \\
         --out benchmarks/results/intrinsic_sequential_alphaedit.json &
 
-One editor instance edits the requests one at a time (``easyetcon_eval.run_lifelong``); every
+One editor instance edits the requests one at a time (``easyetcon_eval.run_lifelong``; with
+``--batch-size N``, N at a time in one call, e.g. all of them for LocFT-BF's breadth-first pass); every
 ``--every`` edits, all requests edited so far are scored (teacher-forced and generation), so the
 curve shows how much earlier edits and unrelated knowledge survive. Timing: median seconds per
 edit, and edit 500 against edit 10 of the same run (single edits and the mean of the 20 edits
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=50, help="score all edits so far every N edits")
     parser.add_argument("--protocols", default="teacher-forced,generation")
     parser.add_argument("--retention-sample", type=int, default=None, help="score at most this many edited requests per point")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="requests per editor call (batch mode); e.g. all of them at once for breadth-first fine-tuning")
     args = parse_run_arguments(parser, argv)
     editors = parse_editors(args.editors)
     configs = load_configs(args.configs, sequential=True)
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_lifelong(
             model, chain, requests, schedule=f"every:{args.every}", protocols=protocols, baseline=baseline,
             retention_sample=args.retention_sample, progress=True,
+            mode="batch" if args.batch_size > 1 else "sequential", batch_size=args.batch_size,
         )
         output["configs"][editor] = options
         output["editors"][editor] = {

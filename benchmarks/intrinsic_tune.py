@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edits", type=int, default=30)
     parser.add_argument("--edit-seed", type=int, default=0)
     parser.add_argument("--sequential", action="store_true", help="score one sequential run per point instead of single edits")
+    parser.add_argument("--batch-size", type=int, default=1, help="with --sequential: requests per editor call (batch mode)")
     parser.add_argument("--min-reliability", type=float, default=0.0, help="prefer points whose generation reliability reaches this")
     parser.add_argument("--min-locality", type=float, default=0.0, help="prefer points whose generation locality reaches this")
     parser.add_argument("--split", default="tune", choices=("tune", "test"),
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if args.sequential:
                     result = run_lifelong(model, EditChain([(editor_name(editor), options)]), requests, schedule="end",
+                                          mode="batch" if args.batch_size > 1 else "sequential", batch_size=args.batch_size,
                                           protocols=protocols, baseline=baseline, progress=False)
                     summary = result.final
                     model = load_model(folder)  # the next point starts from the unedited model

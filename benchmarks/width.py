@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-ALL_EDITORS = ("rome", "rome-no-covariance", "memit", "alphaedit", "ft-m", "tpsft", "grpo")
+ALL_EDITORS = ("rome", "rome-no-covariance", "memit", "alphaedit", "emmet", "ultraedit", "ft-m", "tpsft", "grpo")
 #: Five fixed prefixes (ours "fixed"), given to EasyEdit as its context templates.
 PREFIX_COUNT = 5
 
@@ -144,6 +144,10 @@ def our_options(name: str, steps: int, texts: int) -> dict[str, Any]:
     if name == "alphaedit":
         return {"key": key, "value": {**value, "learning_rate": 0.1, "clamp_norm_factor": 0.75}, "layers": [0],
                 "nullspace_rule": "absolute", "nullspace_threshold": 2e-2, "l2": 1e-3, "statistics": statistics}
+    if name == "emmet":
+        return {"key": key, "value": {**value, "clamp_norm_factor": 0.75}, "layers": [0], "statistics": statistics}
+    if name == "ultraedit":  # no value steps: one forward and backward pass
+        return {"layers": [0], "module": "mlp_in"}
     if name == "ft-m":
         return {"layers": [0], "steps": steps}
     if name == "tpsft":

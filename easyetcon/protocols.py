@@ -8,7 +8,7 @@ snapshots, records, undo and the journal, so an editor's file holds only its alg
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -73,6 +73,33 @@ class PreparedEditor(Protocol):
         after the step's weights were replayed: afterwards the editor must be in the state it
         had after that step in the original run."""
         ...
+
+
+class LastEditState:
+    """What an editor's last edit added to the state it carries, per model, kept for
+    :meth:`PreparedEditor.journal_state`, which the chain calls right after that edit."""
+
+    def __init__(self, editor: str) -> None:
+        import weakref
+
+        self.editor = editor
+        self._last: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # torch model -> (request ids, state)
+
+    def remember(self, model: EditableModel, request_ids: Sequence[Any], state: Any) -> None:
+        self._last[model.torch_model] = (list(request_ids), state)
+
+    def recall(self, model: EditableModel, requests: Sequence[EditRequest]) -> Any:
+        """The state the last edit of ``requests`` added; a :class:`~easyetcon.errors.JournalError` otherwise."""
+        from easyetcon.errors import JournalError
+
+        ids = [r.request_id for r in requests]
+        last = self._last.get(model.torch_model)
+        if last is None or last[0] != ids:
+            raise JournalError(
+                f"{self.editor} has no edit of request(s) {', '.join(map(str, ids[:5]))} to journal; "
+                f"call journal_state right after edit with the same requests"
+            )
+        return last[1]
 
 
 class IntrinsicEditor(WeightEditor, Protocol):

@@ -40,6 +40,17 @@ class TargetBatch:
             for length, target in zip(self.prompt_lengths, self.target_ids)
         ]
 
+    def rows(self, indices: Sequence[int]) -> TargetBatch:
+        """The batch of rows ``indices`` only, cut to the longest of them (a mini-batch)."""
+        import torch
+
+        chosen = torch.tensor(list(indices), device=self.input_ids.device)
+        width = int(self.attention_mask[chosen].sum(dim=1).max())
+        return TargetBatch(
+            self.input_ids[chosen, :width], self.attention_mask[chosen, :width], self.labels[chosen, :width],
+            [self.prompt_lengths[i] for i in indices], [self.target_ids[i] for i in indices],
+        )
+
     def to(self, device: torch.device | str) -> TargetBatch:
         return TargetBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
@@ -83,14 +94,20 @@ def pad_rows(
     return input_ids, mask
 
 
-def build_target_batch(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
-    """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring."""
+def build_target_batch(
+    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, append_eos: bool = False
+) -> TargetBatch:
+    """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring. With
+    ``append_eos`` each target ends with the tokenizer's end-of-sequence token, which then counts
+    as a target token (the model learns to stop after the answer)."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if append_eos and tokenizer.eos_token_id is None:
+        raise ValueError("append_eos: the tokenizer has no end-of-sequence token")
     rows, labels, prompt_lengths, target_ids = [], [], [], []
     for prompt, target in zip(prompts, targets):
         prompt_ids = tokenizer(prompt)["input_ids"]
-        answer_ids = encode_continuation(tokenizer, target)
+        answer_ids = encode_continuation(tokenizer, target) + ([int(tokenizer.eos_token_id)] if append_eos else [])
         rows.append(prompt_ids + answer_ids)
         labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
         prompt_lengths.append(len(prompt_ids))

@@ -28,10 +28,10 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from easyetcon.activations import activations_at
@@ -109,18 +109,11 @@ class LocateThenEditConfig(BaseModel):
 class SpanConfig(LocateThenEditConfig):
     """A locate-then-edit editor that spreads its update over several layers (MEMIT and its kin)."""
 
-    layers: list[int] | Literal["auto", "trace"] = Field(
+    layers: Annotated[list[int], Field(min_length=1)] | Literal["auto", "trace"] = Field(
         default="auto",
         description="layers the update is spread over: indices, 'auto' (early-middle span from the model's "
         "depth) or 'trace' (the span with the largest causal effect on the first requests)",
     )
-
-    @field_validator("layers")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("name at least one layer")
-        return value
 
 
 class EditSites:

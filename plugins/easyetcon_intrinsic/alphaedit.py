@@ -44,6 +44,7 @@ import torch
 from pydantic import Field
 
 from easyetcon.errors import JournalError
+from easyetcon.protocols import LastEditState
 from easyetcon.locate import LocateThenEdit, SpanConfig, ValueOptions, with_defaults
 from easyetcon.locate.solve import NullSpaceSolver, Projector, nullspace_basis, trace_fp64
 
@@ -75,7 +76,7 @@ class AlphaEdit(LocateThenEdit):
     def __init__(self, config: AlphaEditConfig) -> None:
         super().__init__(config)
         self._solvers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (generation, {layer: NullSpaceSolver})
-        self._last_written: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (request ids, {layer: K})
+        self._last_written = LastEditState("alphaedit")  # the keys of the last edit, {layer: K}
 
     def projector(self, model: Any, layer: int) -> Projector:
         """``P`` onto the null space of the layer's key statistics (computed once per model)."""
@@ -105,14 +106,8 @@ class AlphaEdit(LocateThenEdit):
 
     def journal_state(self, model: Any, requests: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The keys the last :meth:`edit` of ``requests`` added to ``K_p K_pᵀ``: ``edited_keys.<layer>``, fp32 ``(n, d_in)``."""
-        ids = [r.request_id for r in requests]
-        last = self._last_written.get(model.torch_model)
-        if last is None or last[0] != ids:
-            raise JournalError(
-                f"alphaedit has no edit of request(s) {', '.join(map(str, ids[:5]))} to journal; "
-                f"call journal_state right after edit with the same requests"
-            )
-        return {f"edited_keys.{layer}": keys.detach().cpu() for layer, keys in last[1].items()}
+        written = self._last_written.recall(model, requests)
+        return {f"edited_keys.{layer}": keys.detach().cpu() for layer, keys in written.items()}
 
     def restore_state(self, model: Any, requests: Sequence[Any], state: dict[str, torch.Tensor]) -> None:
         """Add a replayed step's keys to ``K_p K_pᵀ``, as its :meth:`edit` did (call in journal order)."""
@@ -141,7 +136,7 @@ class AlphaEdit(LocateThenEdit):
         in the same order (on the solver's device whichever path the keys came by)."""
         for layer, keys in written.items():
             self.solver(model, layer).add_keys(keys)
-        self._last_written[model.torch_model] = (list(request_ids), written)
+        self._last_written.remember(model, request_ids, written)
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         sites = self.locate(model, requests)

@@ -25,10 +25,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import RequestError
-from easyetcon.text import IGNORE_INDEX, TargetBatch, build_target_batch, encode_continuation
-from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, reused_lower_blocks, trainable_only
-from easyetcon.text import pad_id_of, pad_rows
 from easyetcon.locate.layers import resolve_layers
+from easyetcon.text import IGNORE_INDEX, TargetBatch, build_target_batch, encode_continuation, pad_id_of, pad_rows
+from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, reused_lower_blocks, trainable_only
 
 
 class FineTuneConfig(BaseModel):
@@ -43,11 +42,23 @@ class FineTuneConfig(BaseModel):
     modules: list[Literal["mlp_out", "mlp_in"]] = Field(
         default_factory=lambda: ["mlp_out"], description="which MLP projections of those layers train"
     )
-    steps: int = Field(default=25, ge=1, le=10_000, description="optimisation steps per edit")
+    steps: int = Field(
+        default=25, ge=1, le=10_000,
+        description="optimisation steps per edit; with batch_size, passes over the requests (epochs), one step per mini-batch",
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1,
+        description="requests per optimisation step, in mini-batches shuffled at every pass (breadth-first, as LocFT-BF); "
+        "None: every request at every step",
+    )
+    seed: int = Field(default=0, description="seed of the mini-batch shuffle")
     learning_rate: float = Field(default=5e-4, gt=0, description="Adam learning rate")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay")
     max_change: float | None = Field(default=None, gt=0, description="L∞ bound on how far a weight may move (None: unbounded)")
-    stop_loss: float | None = Field(default=None, gt=0, description="stop once the loss is below this (None: run every step)")
+    stop_loss: float | None = Field(
+        default=None, gt=0,
+        description="skip a step whose loss is below this, and stop after a pass that skipped them all (None: run every step)",
+    )
 
     @field_validator("layers", "modules")
     @classmethod
@@ -62,6 +73,24 @@ class FTMConfig(FineTuneConfig):
 
     eaft: EaftOptions | None = Field(
         default=None, description="entropy-adaptive token weights (EAFT); null: every target token counts once"
+    )
+    append_eos: bool = Field(
+        default=False, description="end every target with the end-of-sequence token, which the loss then counts"
+    )
+
+
+class LocFTBFConfig(FTMConfig):
+    """Options of ``locft-bf``: FT-M in the breadth-first pipeline of Yang et al. (ICLR 2026), with
+    their defaults: mini-batches of 100 over 25 passes, learning rate 5e-4, targets ending with
+    the end-of-sequence token, steps skipped below a loss of 0.01. The layer is the paper's
+    per-model choice (one MLP output projection; e.g. 22 of Llama-3-8B's 32): set ``layers``."""
+
+    steps: int = Field(default=25, ge=1, le=10_000, description="passes over the requests (epochs), one step per mini-batch")
+    batch_size: int | None = Field(default=100, ge=1, description="requests per optimisation step (mini-batches shuffled at every pass)")
+    learning_rate: float = Field(default=5e-4, gt=0, description="Adam learning rate")
+    append_eos: bool = Field(default=True, description="end every target with the end-of-sequence token")
+    stop_loss: float | None = Field(
+        default=1e-2, gt=0, description="skip a step whose loss is below this, and stop after a pass that skipped them all"
     )
 
 
@@ -78,25 +107,45 @@ def _parameter_names(model: Any, config: FineTuneConfig, requests: Sequence[Any]
     return _weight_names(model, config, _trained_layers(model, config, requests))
 
 
-def _fine_tune(model: Any, requests: Sequence[Any], config: FineTuneConfig, loss_fn: Callable[[], torch.Tensor]) -> None:
-    """Adam on the chosen layers' weights, projected into the L∞ box after every step. In a
-    float16/bfloat16 model ``weights`` are fp32 masters (Adam's eps and small steps vanish in half
-    precision), so the box is measured on them too and the model ends with the masters cast to
-    its dtype. The blocks below the lowest trained layer run once (the batch is the same at every
-    step: :func:`~easyetcon.training.reused_lower_blocks`)."""
+def mini_batches(count: int, batch_size: int | None, passes: int, seed: int) -> list[list[list[int]]]:
+    """Per pass, the request indices of each optimisation step: all of them (``batch_size`` None),
+    or shuffled mini-batches of ``batch_size`` (a new order every pass, deterministic in ``seed``)."""
+    if batch_size is None or batch_size >= count:
+        return [[list(range(count))] for _ in range(passes)]
+    generator = torch.Generator().manual_seed(seed)
+    plan = []
+    for _ in range(passes):
+        order = torch.randperm(count, generator=generator).tolist()
+        plan.append([order[start : start + batch_size] for start in range(0, count, batch_size)])
+    return plan
+
+
+def _fine_tune(
+    model: Any, requests: Sequence[Any], config: FineTuneConfig, loss_fn: Callable[[Sequence[int]], torch.Tensor]
+) -> None:
+    """Adam on the chosen layers' weights, one step per mini-batch of requests (``loss_fn(indices)``),
+    projected into the L∞ box after every step. In a float16/bfloat16 model ``weights`` are fp32
+    masters (Adam's eps and small steps vanish in half precision), so the box is measured on them
+    too and the model ends with the masters cast to its dtype. The blocks below the lowest trained
+    layer run once while the batch stays the same (:func:`~easyetcon.training.reused_lower_blocks`)."""
     layers = _trained_layers(model, config, requests)
     with trainable_only(model.torch_model, _weight_names(model, config, layers)) as weights, reused_lower_blocks(model, layers[0]):
         originals = [weight.detach().clone() for weight in weights]
         optimizer = torch.optim.Adam(weights, lr=config.learning_rate, weight_decay=config.weight_decay)
-        for _step in range(config.steps):
-            loss = loss_fn()
-            if config.stop_loss is not None and float(loss.detach()) < config.stop_loss:
+        for steps in mini_batches(len(requests), config.batch_size, config.steps, config.seed):
+            skipped = 0
+            for indices in steps:
+                loss = loss_fn(indices)
+                if config.stop_loss is not None and float(loss.detach()) < config.stop_loss:
+                    skipped += 1
+                    continue
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if config.max_change is not None:
+                    clamp_to_box(weights, originals, config.max_change)
+            if skipped == len(steps):
                 break
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if config.max_change is not None:
-                clamp_to_box(weights, originals, config.max_change)
 
 
 class FineTuneLast:
@@ -116,10 +165,11 @@ class FineTuneLast:
         targets = [torch.tensor(encode_continuation(tokenizer, r.target_new), device=model.device) for r in requests]
         rows = torch.arange(len(requests), device=model.device)
 
-        def loss() -> torch.Tensor:
-            logits = model.torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            log_probs = torch.log_softmax(logits[rows, last].float(), dim=-1)
-            return torch.stack([-log_probs[i, tokens].mean() for i, tokens in enumerate(targets)]).mean()
+        def loss(indices: Sequence[int]) -> torch.Tensor:
+            chosen = torch.tensor(list(indices), device=model.device)
+            logits = model.torch_model(input_ids=input_ids[chosen], attention_mask=attention_mask[chosen], use_cache=False).logits
+            log_probs = torch.log_softmax(logits[rows[: len(indices)], last[chosen]].float(), dim=-1)
+            return torch.stack([-log_probs[j, targets[i]].mean() for j, i in enumerate(indices)]).mean()
 
         _fine_tune(model, requests, self.config, loss)
 
@@ -140,15 +190,19 @@ class FineTuneMasked:
         return eaft_token_weights(logits, batch.labels, self.config.eaft)
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
-        batch = build_target_batch(model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
+        batch = build_target_batch(
+            model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests], append_eos=self.config.append_eos
+        )
         batch = batch.to(model.device)
         has_target = (batch.labels != IGNORE_INDEX).any(dim=1).tolist()
         if not all(has_target):
             empty = [r.request_id for r, ok in zip(requests, has_target) if not ok]
             raise RequestError(f"request(s) {empty}: the target encodes to no tokens")
+        everything = list(range(len(requests)))
 
-        def loss() -> torch.Tensor:
-            logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            return masked_token_nll(logits, batch.labels, token_weights=self.token_weights(logits, batch))
+        def loss(indices: Sequence[int]) -> torch.Tensor:
+            part = batch if list(indices) == everything else batch.rows(indices)
+            logits = model.torch_model(input_ids=part.input_ids, attention_mask=part.attention_mask, use_cache=False).logits
+            return masked_token_nll(logits, part.labels, token_weights=self.token_weights(logits, part))
 
         _fine_tune(model, requests, self.config, loss)

@@ -1,4 +1,4 @@
-"""The intrinsic-editing family: FT-L, FT-M, ROME, MEMIT, AlphaEdit, EMMET and UltraEdit.
+"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, AlphaEdit, EMMET and UltraEdit.
 
 Each editor's algorithm reads top to bottom in its own module. They are registered by reference
 ("module:Class"): a module, and torch with it, is imported when its editor is first used.
@@ -20,6 +20,10 @@ def easyetcon_register_intrinsic_editors(register: Any) -> None:
     register(
         "ft-m", "easyetcon_intrinsic.ft:FineTuneMasked", config="easyetcon_intrinsic.ft:FTMConfig", subfamily="fine-tuning",
         summary="FT-M: fine-tune MLP weights with a teacher-forced loss on the target tokens only, optional L-inf bound.",
+    )
+    register(
+        "locft-bf", "easyetcon_intrinsic.ft:FineTuneMasked", config="easyetcon_intrinsic.ft:LocFTBFConfig", subfamily="fine-tuning",
+        summary="LocFT-BF: FT-M on one layer in shuffled mini-batches over several passes, targets ending with EOS.",
     )
     register(
         "rome", "easyetcon_intrinsic.rome:Rome", config="easyetcon_intrinsic.rome:RomeConfig", subfamily="locate-then-edit",

@@ -2,7 +2,7 @@
 
 For each edited linear module ``W`` (by default the MLP input projection of several middle
 layers), one forward and one backward pass of the teacher-forced target loss give, at every
-token of ``prompt + target`` (or only the target's, ``positions: target``), the module's input
+token of ``prompt + target`` (or, ``positions: target``, only the positions that predict a target token), the module's input
 ``k`` and the gradient ``g`` of the loss at its output. No subject is located and nothing is
 optimised. Then
 
@@ -33,15 +33,16 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.errors import JournalError
+from easyetcon.protocols import LastEditState
 from easyetcon.locate.layers import resolve_layers
 from easyetcon.locate.solve import add_to_weight
-from easyetcon.text import IGNORE_INDEX, build_target_batch
+from easyetcon.text import build_target_batch
 from easyetcon.training import masked_token_nll, trainable_only
 
 
@@ -54,23 +55,18 @@ class UltraEditConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: list[int] | Literal["auto"] = Field(
+    layers: Annotated[list[int], Field(min_length=1)] | Literal["auto"] = Field(
         default="auto", description="edited layers: indices, or 'auto' (the middle ones: 0.35-0.75 of the depth)"
     )
     module: Literal["mlp_in", "mlp_out"] = Field(default="mlp_in", description="which linear module of each layer is edited")
     learning_rate: float = Field(default=1e-6, gt=0, description="step of the pseudo value change in the normalised space")
     ridge: float = Field(default=1.0, gt=0, description="λ = ridge · mean(k²) in the ridge regression of the update")
     positions: Literal["all", "target"] = Field(
-        default="all", description="rows read: every token of prompt + target (the paper's 'mask') or the target's only"
+        default="all",
+        description="rows read: every token of prompt + target (the paper's 'mask'), or only the positions that "
+        "predict a target token (the prompt's last and the target's but its last)",
     )
     chunk_size: int = Field(default=16, ge=1, description="requests per forward and backward pass")
-
-    @field_validator("layers")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("name at least one layer")
-        return value
 
 
 @dataclass
@@ -120,7 +116,12 @@ def keys_and_gradients(model: Any, modules: dict[int, torch.nn.Module], batch: A
     finally:
         for handle in handles:
             handle.remove()
-    read = (batch.labels != IGNORE_INDEX) if positions == "target" else batch.attention_mask.bool()
+    if positions == "target":  # the positions whose logits predict a target token
+        read = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+        for row, columns in enumerate(batch.target_positions):
+            read[row, columns] = True
+    else:
+        read = batch.attention_mask.bool()
     return {layer: (inputs[layer][read].float(), gradient[read].float()) for layer, gradient in zip(modules, gradients)}
 
 
@@ -140,7 +141,7 @@ class UltraEdit:
         self.config = config
         self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._moments: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: Moments}
-        self._last_added: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (request ids, {layer: Moments})
+        self._last_added = LastEditState("ultraedit")  # the moments of the last edit, {layer: Moments}
 
     def layers(self, model: Any) -> list[int]:
         if model.torch_model not in self._layers:
@@ -195,20 +196,14 @@ class UltraEdit:
         running = self._moments.setdefault(model.torch_model, {})
         for layer, moments in added.items():
             running[layer] = running[layer].merge(moments) if layer in running else moments
-        self._last_added[model.torch_model] = (list(request_ids), added)
+        self._last_added.remember(model, request_ids, added)
 
     def journal_state(self, model: Any, requests: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The moments the last :meth:`edit` of ``requests`` merged in: ``moments.<layer>.{count,mean,m2}``, fp64."""
-        ids = [r.request_id for r in requests]
-        last = self._last_added.get(model.torch_model)
-        if last is None or last[0] != ids:
-            raise JournalError(
-                f"ultraedit has no edit of request(s) {', '.join(map(str, ids[:5]))} to journal; "
-                f"call journal_state right after edit with the same requests"
-            )
+        added = self._last_added.recall(model, requests)
         return {
             f"moments.{layer}.{part}": getattr(moments, part).detach().cpu()
-            for layer, moments in last[1].items() for part in ("count", "mean", "m2")
+            for layer, moments in added.items() for part in ("count", "mean", "m2")
         }
 
     def restore_state(self, model: Any, requests: Sequence[Any], state: dict[str, torch.Tensor]) -> None:

@@ -56,3 +56,10 @@ class TestUltraEdit(EditorConformance):
     # one closed-form step, no optimisation: on the random tiny models it puts both targets ahead
     # by 0.03-0.20 nats on every architecture (larger steps saturate through the final norm)
     target_margin = 0.02
+
+
+class TestLocFTBF(EditorConformance):
+    editor = "locft-bf"
+    options = {"steps": 40, "learning_rate": 0.05, "layers": [-1], "batch_size": 1}  # two requests: two steps per pass
+    invalid_options = [{"batch_size": 0}, {"steps": 0}, {"layers": []}, {"append_eos": "sometimes"}]
+    mode = "batch"
