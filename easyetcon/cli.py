@@ -124,6 +124,7 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             "adapters": _parts_json(registry, "adapter"),
             "models": _parts_json(registry, "model"),
             "text_sources": _parts_json(registry, "text-source"),
+            "hparams_converters": _parts_json(registry, "hparams-converter"),
             "plugins": [{"name": n, "distribution": d} for n, d in host.plugins()],
         }
         click.echo(json.dumps(payload, indent=2))
@@ -153,6 +154,7 @@ def plugins(family: str | None, subfamily: str | None, as_json: bool) -> None:
             ("model adapters", [p.name for p in registry.parts("adapter")]),
             ("model names", [p.name for p in registry.parts("model")]),
             ("text sources", [p.name for p in registry.parts("text-source")]),
+            ("EasyEdit hparams converters", [p.name for p in registry.parts("hparams-converter")]),
         ):
             console.print(f"[bold]{kind}:[/bold] {', '.join(names) or '(none)'}")
 
@@ -294,6 +296,40 @@ def undo(run_dir: str, last: int | None) -> None:
         shutil.rmtree(run / UNDO_BACKUP)
         shutil.rmtree(staging, ignore_errors=True)
     console.print(f"undid {len(chosen)} step(s); restored model saved to {run / 'model'}")
+
+
+@cli.command(name="convert-hparams")
+@click.argument("hparams_file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the chain spec to this new YAML file instead of printing it.")
+def convert_hparams_command(hparams_file: str, out: str | None) -> None:
+    """Turn an EasyEdit hparams YAML into an easyetcon chain spec.
+
+    Prints the spec (or writes it to --out), then every key of the file: the easyetcon option it
+    became, or why easyetcon has none. The methods that convert are those the installed plugins
+    register converters for (`easyetcon plugins` lists them).
+    """
+    import yaml
+
+    from easyetcon.hparams import convert_hparams, read_hparams
+
+    converted = convert_hparams(read_hparams(hparams_file), get_host().registry)
+    text = yaml.safe_dump(converted.spec, sort_keys=False, allow_unicode=True)
+    if out is not None:
+        target = Path(out)
+        if target.exists():
+            raise click.UsageError(f"{out!r} exists; choose a new file for the chain spec")
+        target.write_text(text, encoding="utf-8")
+        console.print(f"wrote the chain spec ({converted.editor}) to {out}")
+    else:
+        click.echo(text, nl=False)
+    table = Table(title=f"{Path(hparams_file).name} -> {converted.editor}", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("EasyEdit key", no_wrap=True, style="bold")
+    table.add_column("easyetcon", overflow="fold")
+    for key, option in converted.mapped.items():
+        table.add_row(key, option)
+    for key, reason in converted.unmapped.items():
+        table.add_row(key, f"[dim]no equivalent: {reason}[/dim]")
+    Console(stderr=out is None).print(table)  # the spec alone on stdout, so it can be redirected
 
 
 def _finish_interrupted_undo(run: Path, journal: Any) -> Any:

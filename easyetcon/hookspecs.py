@@ -210,6 +210,24 @@ def easyetcon_register_text_sources(register: Any) -> None:
 
 
 @hookspec
+def easyetcon_register_hparams_converters(register: Any) -> None:
+    """Register converters of EasyEdit hyperparameter files (``easyetcon convert-hparams``).
+
+    Called when the host builds its registry: on first use, and again after a plugin is
+    registered later. A plugin converts the files of the methods its editors implement; the
+    host answers the keys every EasyEdit file has (``device``, module templates, ...).
+
+    :param register: call ``register(alg_name, convert, *, summary)``. ``alg_name`` is the value
+        of EasyEdit's ``alg_name`` key (matched case-insensitively); ``convert(hparams)`` takes
+        the file's mapping without those common keys and returns an
+        :class:`easyetcon.hparams.Conversion`: the editor, its options, and for every key it read
+        the option it became or why there is none. The options are validated by the editor's
+        config afterwards. ``convert`` may be a reference, imported on first use.
+    :returns: nothing; results go through ``register``.
+    """
+
+
+@hookspec
 def easyetcon_register_model_adapters(register: Any) -> None:
     """Register architecture adapters: where a model family keeps its blocks, MLP projections,
     final norm, embeddings and LM head.

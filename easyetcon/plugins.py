@@ -171,6 +171,7 @@ class PluginHost:
             ("easyetcon_register_rewards", "reward"),
             ("easyetcon_register_models", "model"),
             ("easyetcon_register_text_sources", "text-source"),
+            ("easyetcon_register_hparams_converters", "hparams-converter"),
         ):
             self._call_per_plugin(
                 hook_name, lambda plugin, dist, kind=kind: _part_register(registry, kind, plugin, dist)
@@ -275,8 +276,14 @@ def _check_text_source(find: Any, what: str) -> None:
         raise PluginError(f"{what}: a text source's find must be callable(model)")
 
 
+def _check_converter(convert: Any, what: str) -> None:
+    if not callable(convert):
+        raise PluginError(f"{what}: an hparams converter must be callable(hparams)")
+
+
 _PART_CHECKS = {
     "metric": _check_metric, "reward": _check_reward, "model": _check_model_locator, "text-source": _check_text_source,
+    "hparams-converter": _check_converter,
 }
 #: Statistics sources the core reads itself; a text source may not take their names.
 _CORE_TEXT_SOURCES = ("auto", "model-samples")

@@ -226,7 +226,7 @@ class Registry:
         self._editors: dict[str, EditorInfo] = {}
         self._datasets: dict[str, DatasetInfo] = {}
         self._parts: dict[str, dict[str, NamedPart]] = {
-            "metric": {}, "reward": {}, "adapter": {}, "model": {}, "text-source": {},
+            "metric": {}, "reward": {}, "adapter": {}, "model": {}, "text-source": {}, "hparams-converter": {},
         }
 
     # ---- editors -------------------------------------------------------------------------

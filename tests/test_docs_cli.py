@@ -18,7 +18,7 @@ def help_blocks() -> dict[str, str]:
     blocks = {}
     for block in re.findall(r"```text\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S):
         block = block.removeprefix("$ easyetcon --help\n")
-        match = re.match(r"Usage: easyetcon (\w+)?", block)
+        match = re.match(r"Usage: easyetcon ([\w-]+)?", block)
         if match:
             blocks[match.group(1) or ""] = block
     return blocks

@@ -46,3 +46,17 @@ def easyetcon_register_intrinsic_editors(register: Any) -> None:
         subfamily="closed-form",
         summary="UltraEdit: training- and subject-free ridge update from one backward pass, lifelong normalisation.",
     )
+
+
+@hookimpl
+def easyetcon_register_hparams_converters(register: Any) -> None:
+    for alg_name, converter, summary in (
+        ("ROME", "convert_rome", "EasyEdit ROME -> rome"),
+        ("R-ROME", "convert_rome", "EasyEdit R-ROME -> rome (easyetcon's ROME is R-ROME's)"),
+        ("MEMIT", "convert_memit", "EasyEdit MEMIT -> memit"),
+        ("AlphaEdit", "convert_alphaedit", "EasyEdit AlphaEdit -> alphaedit"),
+        ("EMMET", "convert_emmet", "EasyEdit EMMET -> emmet"),
+        ("FT", "convert_ft", "EasyEdit FT -> ft-l (prompt_last) or ft-m (target_new)"),
+        ("ULTRAEDIT", "convert_ultraedit", "EasyEdit UltraEdit -> ultraedit"),
+    ):
+        register(alg_name, f"easyetcon_intrinsic.hparams:{converter}", summary=summary)

@@ -3,6 +3,8 @@ reference ("module:Class") so their modules (torch, sentence-transformers) load 
 
 from __future__ import annotations
 
+from typing import Any
+
 from easyetcon.hookspecs import hookimpl
 
 
@@ -22,3 +24,8 @@ def easyetcon_register_memory_editors(register) -> None:
         subfamily="codebook",
         summary="GRACE: a codebook of keys, trained values and radii that replaces one layer's output in range.",
     )
+
+
+@hookimpl
+def easyetcon_register_hparams_converters(register: Any) -> None:
+    register("GRACE", "easyetcon_memory.hparams:convert_grace", summary="EasyEdit GRACE -> grace")
