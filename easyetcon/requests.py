@@ -197,3 +197,93 @@ def save_requests(requests: Sequence[EditRequest], path: str | Path) -> None:
     Path(path).write_text(
         json.dumps([r.model_dump(mode="json") for r in requests], indent=2), encoding="utf-8"
     )
+
+
+#: What each argument of EasyEdit's ``BaseEditor.edit`` becomes in an :class:`EditRequest`.
+EASYEDIT_ARGUMENTS = {
+    "prompts": "prompt",
+    "target_new": "target_new",
+    "subject": "subject",
+    "ground_truth": "ground_truth",
+    "rephrase_prompts": "rephrase_prompts",
+    "locality_inputs": "locality probes, their kind the input's key (e.g. 'neighborhood')",
+    "portability_inputs": "portability probes, their kind the input's key (e.g. 'one_hop')",
+}
+
+
+def requests_from_easyedit(
+    *,
+    prompts: str | Sequence[str],
+    target_new: str | Sequence[str],
+    subject: str | Sequence[str],
+    ground_truth: str | Sequence[str] | None = None,
+    rephrase_prompts: str | Sequence[Any] | None = None,
+    locality_inputs: dict[str, dict[str, Any]] | None = None,
+    portability_inputs: dict[str, dict[str, Any]] | None = None,
+) -> list[EditRequest]:
+    """Requests from the arguments of EasyEdit's ``BaseEditor.edit`` (:data:`EASYEDIT_ARGUMENTS`
+    says what each becomes). Lists are aligned by position, as in EasyEdit; a single string
+    stands for a list of one. ``locality_inputs`` and ``portability_inputs`` map a kind to
+    ``{"prompt": [...], "ground_truth": [...]}``, one entry per request, each a string or a list
+    (several probes, or a ground truth with aliases). EasyEdit's ``'<|endoftext|>'`` placeholder
+    ground truth means none. A length that does not match, or an empty field, is an error naming
+    the argument and the position."""
+
+    def as_list(name: str, value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        values = [value] if isinstance(value, str) else list(value)
+        if len(values) != count:
+            raise RequestError(f"EasyEdit argument {name!r} has {len(values)} entries, prompts has {count}")
+        return values
+
+    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    count = len(prompt_list)
+    if count == 0:
+        raise RequestError("EasyEdit argument 'prompts' is empty")
+    targets, subjects = as_list("target_new", target_new), as_list("subject", subject)
+    truths = as_list("ground_truth", ground_truth)
+    rephrases = as_list("rephrase_prompts", rephrase_prompts)
+
+    def probes(name: str, inputs: dict[str, dict[str, Any]] | None, index: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for kind, fields in (inputs or {}).items():
+            if not isinstance(fields, dict) or "prompt" not in fields or "ground_truth" not in fields:
+                raise RequestError(f"EasyEdit argument {name}[{kind!r}] needs 'prompt' and 'ground_truth' lists")
+            prompt_at = as_list(f"{name}[{kind!r}]['prompt']", fields["prompt"])[index]
+            truth_at = as_list(f"{name}[{kind!r}]['ground_truth']", fields["ground_truth"])[index]
+            prompts_here = [prompt_at] if isinstance(prompt_at, str) else list(prompt_at)
+            truths_here = [truth_at] * len(prompts_here) if isinstance(truth_at, str) else list(truth_at)
+            if len(truths_here) != len(prompts_here):  # one ground truth with aliases for one prompt
+                truths_here = [truth_at] if len(prompts_here) == 1 else truths_here
+            if len(truths_here) != len(prompts_here):
+                raise RequestError(
+                    f"EasyEdit argument {name}[{kind!r}] at position {index}: {len(prompts_here)} prompts, "
+                    f"{len(truths_here)} ground truths"
+                )
+            for probe_prompt, truth in zip(prompts_here, truths_here):
+                answers = [truth] if isinstance(truth, str) else [t for t in _flatten(truth) if isinstance(t, str)]
+                found.append({"prompt": probe_prompt, "answer": answers[0] if answers else "", "aliases": answers[1:], "kind": kind})
+        return found
+
+    records = []
+    for index in range(count):
+        truth = truths[index] if truths is not None else None
+        rephrase = rephrases[index] if rephrases is not None else []
+        records.append({
+            "prompt": prompt_list[index],
+            "target_new": targets[index],
+            "subject": subjects[index],
+            "ground_truth": None if truth in (None, "<|endoftext|>") else truth,
+            "rephrase_prompts": [rephrase] if isinstance(rephrase, str) else list(rephrase),
+            "locality": probes("locality_inputs", locality_inputs, index),
+            "portability": probes("portability_inputs", portability_inputs, index),
+        })
+    return parse_requests(records, source="EasyEdit's edit() arguments")
+
+
+def _flatten(value: Any) -> list[Any]:
+    """Nested lists of answers (ZsRE's aliases) as one list."""
+    if isinstance(value, (list, tuple)):
+        return [item for part in value for item in _flatten(part)]
+    return [value]
