@@ -89,13 +89,15 @@ class Conversion:
     unmapped: dict[str, str] = field(default_factory=dict)
 
     def set(self, key: str, path: str, value: Any, note: str = "") -> None:
-        """Record that EasyEdit's ``key`` becomes option ``path`` (dotted into sections) with ``value``."""
+        """Record that EasyEdit's ``key`` becomes option ``path`` (dotted into sections) with
+        ``value``; a key that becomes several options lists them all."""
         *sections, name = path.split(".")
         target = self.options
         for section in sections:
             target = target.setdefault(section, {})
         target[name] = value
-        self.mapped[key] = f"{path}; {note}" if note else path
+        entry = f"{path}; {note}" if note else path
+        self.mapped[key] = f"{self.mapped[key]} and {entry}" if key in self.mapped else entry
 
     def skip(self, key: str, reason: str) -> None:
         self.unmapped[key] = reason

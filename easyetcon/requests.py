@@ -245,27 +245,39 @@ def requests_from_easyedit(
     truths = as_list("ground_truth", ground_truth)
     rephrases = as_list("rephrase_prompts", rephrase_prompts)
 
-    def probes(name: str, inputs: dict[str, dict[str, Any]] | None, index: int) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
+    def probe_columns(name: str, inputs: dict[str, dict[str, Any]] | None) -> list[tuple[str, list[Any], list[Any]]]:
+        """Each kind of ``inputs`` with its prompt and ground-truth columns, checked once."""
+        columns = []
         for kind, fields in (inputs or {}).items():
             if not isinstance(fields, dict) or "prompt" not in fields or "ground_truth" not in fields:
                 raise RequestError(f"EasyEdit argument {name}[{kind!r}] needs 'prompt' and 'ground_truth' lists")
-            prompt_at = as_list(f"{name}[{kind!r}]['prompt']", fields["prompt"])[index]
-            truth_at = as_list(f"{name}[{kind!r}]['ground_truth']", fields["ground_truth"])[index]
+            columns.append((kind, as_list(f"{name}[{kind!r}]['prompt']", fields["prompt"]),
+                            as_list(f"{name}[{kind!r}]['ground_truth']", fields["ground_truth"])))
+        return columns
+
+    def probes(name: str, columns: list[tuple[str, list[Any], list[Any]]], index: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for kind, prompt_column, truth_column in columns:
+            prompt_at, truth_at = prompt_column[index], truth_column[index]
             prompts_here = [prompt_at] if isinstance(prompt_at, str) else list(prompt_at)
-            truths_here = [truth_at] * len(prompts_here) if isinstance(truth_at, str) else list(truth_at)
-            if len(truths_here) != len(prompts_here):  # one ground truth with aliases for one prompt
-                truths_here = [truth_at] if len(prompts_here) == 1 else truths_here
+            if isinstance(truth_at, str):
+                truths_here = [truth_at] * len(prompts_here)
+            elif len(prompts_here) == 1:  # one prompt: its ground truth, with aliases
+                truths_here = [truth_at]
+            else:
+                truths_here = list(truth_at)
             if len(truths_here) != len(prompts_here):
                 raise RequestError(
                     f"EasyEdit argument {name}[{kind!r}] at position {index}: {len(prompts_here)} prompts, "
                     f"{len(truths_here)} ground truths"
                 )
             for probe_prompt, truth in zip(prompts_here, truths_here):
-                answers = [truth] if isinstance(truth, str) else [t for t in _flatten(truth) if isinstance(t, str)]
+                answers = [t for t in _flatten(truth) if isinstance(t, str)]
                 found.append({"prompt": probe_prompt, "answer": answers[0] if answers else "", "aliases": answers[1:], "kind": kind})
         return found
 
+    locality_columns = probe_columns("locality_inputs", locality_inputs)
+    portability_columns = probe_columns("portability_inputs", portability_inputs)
     records = []
     for index in range(count):
         truth = truths[index] if truths is not None else None
@@ -276,8 +288,8 @@ def requests_from_easyedit(
             "subject": subjects[index],
             "ground_truth": None if truth in (None, "<|endoftext|>") else truth,
             "rephrase_prompts": [rephrase] if isinstance(rephrase, str) else list(rephrase),
-            "locality": probes("locality_inputs", locality_inputs, index),
-            "portability": probes("portability_inputs", portability_inputs, index),
+            "locality": probes("locality_inputs", locality_columns, index),
+            "portability": probes("portability_inputs", portability_columns, index),
         })
     return parse_requests(records, source="EasyEdit's edit() arguments")
 

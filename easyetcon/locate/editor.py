@@ -25,6 +25,7 @@ algorithm the same things happen, and they live here:
 
 from __future__ import annotations
 
+import sys
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -53,17 +54,19 @@ class FlatOptionsWarning(FutureWarning):
     A ``FutureWarning``, so it is shown by default: the flat keys stop loading in easyetcon 0.3."""
 
 
-def with_defaults(section: type[Section], **defaults: Any) -> type[Section]:
+def with_defaults(section: type[Section], *, name: str | None = None, doc: str | None = None, **defaults: Any) -> type[Section]:
     """``section`` with other defaults (an editor's paper's settings), every other part of each
-    field (type, bounds, description) kept from the one declaration."""
+    field (type, bounds, description) kept from the one declaration. ``name`` and ``doc`` name and
+    describe the new model (by default those of ``section``)."""
     unknown = sorted(set(defaults) - set(section.model_fields))
     if unknown:
         raise TypeError(f"{section.__name__} has no option(s) {unknown}")
     fields: dict[str, Any] = {
-        name: (section.model_fields[name].annotation, FieldInfo.merge_field_infos(section.model_fields[name], default=value))
-        for name, value in defaults.items()
+        option: (section.model_fields[option].annotation, FieldInfo.merge_field_infos(section.model_fields[option], default=value))
+        for option, value in defaults.items()
     }
-    return create_model(section.__name__, __base__=section, __doc__=section.__doc__, **fields)
+    caller = sys._getframe(1).f_globals.get("__name__", section.__module__)  # the new model belongs to its caller's module
+    return create_model(name or section.__name__, __base__=section, __doc__=doc or section.__doc__, __module__=caller, **fields)
 
 
 class LocateThenEditConfig(BaseModel):
@@ -125,7 +128,7 @@ class EditSites:
     """
 
     def __init__(self, model: Any, requests: Sequence[Any], layers: Sequence[int], prefixes: Sequence[str], key: KeyOptions) -> None:
-        self.model, self.requests, self.layers = model, list(requests), list(layers)
+        self.model, self.layers = model, list(layers)
         self.located = [locate_request(model.tokenizer, request, prefixes, key.fact_token) for request in requests]
         self.modules = {layer: model.adapter.module(model.torch_model, "mlp_out", layer) for layer in self.layers}
         self.last_block = model.adapter.blocks(model.torch_model)[self.layers[-1]]

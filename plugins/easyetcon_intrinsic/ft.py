@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import RequestError
+from easyetcon.locate import with_defaults
 from easyetcon.locate.layers import resolve_layers
 from easyetcon.text import IGNORE_INDEX, TargetBatch, build_target_batch, encode_continuation, pad_id_of, pad_rows
 from easyetcon.training import EaftOptions, clamp_to_box, eaft_token_weights, masked_token_nll, reused_lower_blocks, trainable_only
@@ -79,19 +80,14 @@ class FTMConfig(FineTuneConfig):
     )
 
 
-class LocFTBFConfig(FTMConfig):
-    """Options of ``locft-bf``: FT-M in the breadth-first pipeline of Yang et al. (ICLR 2026), with
+LocFTBFConfig = with_defaults(
+    FTMConfig, name="LocFTBFConfig",
+    doc="""Options of ``locft-bf``: FT-M in the breadth-first pipeline of Yang et al. (ICLR 2026), with
     their defaults: mini-batches of 100 over 25 passes, learning rate 5e-4, targets ending with
     the end-of-sequence token, steps skipped below a loss of 0.01. The layer is the paper's
-    per-model choice (one MLP output projection; e.g. 22 of Llama-3-8B's 32): set ``layers``."""
-
-    steps: int = Field(default=25, ge=1, le=10_000, description="passes over the requests (epochs), one step per mini-batch")
-    batch_size: int | None = Field(default=100, ge=1, description="requests per optimisation step (mini-batches shuffled at every pass)")
-    learning_rate: float = Field(default=5e-4, gt=0, description="Adam learning rate")
-    append_eos: bool = Field(default=True, description="end every target with the end-of-sequence token")
-    stop_loss: float | None = Field(
-        default=1e-2, gt=0, description="skip a step whose loss is below this, and stop after a pass that skipped them all"
-    )
+    per-model choice (one MLP output projection; e.g. 22 of Llama-3-8B's 32): set ``layers``.""",
+    steps=25, batch_size=100, learning_rate=5e-4, append_eos=True, stop_loss=1e-2,
+)
 
 
 def _trained_layers(model: Any, config: FineTuneConfig, requests: Sequence[Any]) -> list[int]:

@@ -47,9 +47,8 @@ def _locate_then_edit(hparams: dict[str, Any], conversion: Conversion, *, one_la
     if isinstance(lengths, list) and all(isinstance(p, list) and len(p) == 2 for p in lengths):
         count = sum(int(n) for _, n in lengths)
         longest = max(int(length) for length, _ in lengths)
-        conversion.set("context_template_length_params", "key.prefixes", count, f"{count} prefixes, all {longest} tokens long")
-        conversion.set("context_template_length_params", "key.prefix_length", longest)
-        conversion.mapped["context_template_length_params"] = f"key.prefixes = {count}, key.prefix_length = {longest} (one length here)"
+        conversion.set("context_template_length_params", "key.prefixes", count)
+        conversion.set("context_template_length_params", "key.prefix_length", longest, "one length for every prefix here")
     if get("v_loss_layer") is not None:
         conversion.skip("v_loss_layer", "the target's loss is read at the model's output (EasyEdit's files name the last layer)")
     if get("mom2_dataset") is not None:
@@ -92,7 +91,6 @@ def convert_alphaedit(hparams: dict[str, Any]) -> Conversion:
     if hparams.get("nullspace_threshold") is not None:
         conversion.set("nullspace_threshold", "nullspace_threshold", float(hparams["nullspace_threshold"]))
         conversion.set("nullspace_threshold", "nullspace_rule", "absolute", "the paper's rule (eigenvalues below the threshold)")
-        conversion.mapped["nullspace_threshold"] = "nullspace_threshold, with nullspace_rule: absolute (the paper's rule)"
     if hparams.get("L2") is not None:
         conversion.skip("L2", "easyetcon's ridge is l2 · E‖k‖² (scale-free); EasyEdit's L2 is absolute: keep l2 or retune")
     conversion.skip_present(hparams, {
@@ -120,7 +118,8 @@ def convert_ft(hparams: dict[str, Any]) -> Conversion:
     """FT: ``ft-l`` (``objective_optimization: prompt_last``) or ``ft-m`` (``target_new``)."""
     objective = hparams.get("objective_optimization", "prompt_last")
     conversion = Conversion("ft-m" if objective == "target_new" else "ft-l")
-    conversion.mapped["objective_optimization"] = f"editor {conversion.editor}"
+    if "objective_optimization" in hparams:
+        conversion.mapped["objective_optimization"] = f"editor {conversion.editor}"
     get = hparams.get
     if isinstance(get("layers"), list) and get("layers"):
         conversion.set("layers", "layers", list(get("layers")))
@@ -160,7 +159,6 @@ def convert_ultraedit(hparams: dict[str, Any]) -> Conversion:
     if layers and len(kinds) == 1 and None not in kinds:
         conversion.set("inner_params", "layers", layers)
         conversion.set("inner_params", "module", kinds.pop())
-        conversion.mapped["inner_params"] = f"layers {layers}, module {conversion.options['module']}"
     elif names:
         conversion.skip(
             "inner_params",

@@ -99,7 +99,8 @@ def keys_and_gradients(model: Any, modules: dict[int, torch.nn.Module], batch: A
     """Per layer, the module's inputs and the target loss's gradient at its outputs, at the read
     positions: fp32 ``(rows, in)`` and ``(rows, out)``. A zero probe added to each output carries
     the gradient, so no weight needs one."""
-    inputs, probes, handles = {}, {}, []
+    inputs: dict[int, torch.Tensor] = {}
+    probes: dict[int, torch.Tensor] = {}
 
     def hook_for(layer: int):
         def hook(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -169,8 +170,10 @@ class UltraEdit:
             for layer, (k, g) in keys_and_gradients(model, modules, batch, config.positions).items():
                 keys[layer].append(k)
                 gradients[layer].append(g)
+        # every row's [k, g], once per layer: the normaliser's input and what it normalises
+        rows = {layer: torch.cat([torch.cat(keys[layer]), torch.cat(gradients[layer])], -1) for layer in layers}
         # 1. the normaliser takes in this call's rows before it normalises them
-        added = {layer: Moments.of(torch.cat([torch.cat(keys[layer]), torch.cat(gradients[layer])], -1)) for layer in layers}
+        added = {layer: Moments.of(rows[layer]) for layer in layers}
         self._add_moments(model, [r.request_id for r in requests], added)
         if float(self._moments[model.torch_model][layers[0]].count) < 2:
             warnings.warn(
@@ -182,11 +185,13 @@ class UltraEdit:
             )
         updates = {}
         for layer in layers:
-            K, G = torch.cat(keys[layer]), torch.cat(gradients[layer])
-            normalised_keys, normalised_gradients = self._moments[model.torch_model][layer].normalise(torch.cat([K, G], -1)).split([K.shape[1], G.shape[1]], -1)
+            width = keys[layer][0].shape[1]
+            normalised_keys, normalised_gradients = self._moments[model.torch_model][layer].normalise(rows[layer]).split(
+                [width, rows[layer].shape[1] - width], -1
+            )
             # 2. the pseudo value change of every row, 3. the ridge regression onto the raw keys
             values = -config.learning_rate * (normalised_keys**2).sum(-1, keepdim=True) * normalised_gradients
-            updates[layer] = ridge_factors(K, values, config.ridge)
+            updates[layer] = ridge_factors(rows[layer][:, :width].contiguous(), values, config.ridge)
         for layer, (left, right) in updates.items():  # computed on the model as the call found it
             add_to_weight(model, layer, left, right, kind=config.module)
 

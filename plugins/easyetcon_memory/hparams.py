@@ -14,7 +14,6 @@ def convert_grace(hparams: dict[str, Any]) -> Conversion:
     if len(layers) == 1 and len(kinds) == 1 and None not in kinds:
         conversion.set("inner_params", "layer", layers[0])
         conversion.set("inner_params", "module", kinds.pop())
-        conversion.mapped["inner_params"] = f"layer {layers[0]}, module {conversion.options['module']}"
     elif "inner_params" in hparams:
         conversion.skip("inner_params", "easyetcon's GRACE keeps one codebook, at one MLP projection of one layer")
     for key, path, cast in (("edit_lr", "learning_rate", float), ("n_iter", "steps", int), ("eps", "initial_radius", float)):
