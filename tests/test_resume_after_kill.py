@@ -4,6 +4,7 @@ resumed gives bit for bit the weights and the scores of a run that was never int
 The chain is AlphaEdit with generated prefixes and model-sampled key statistics: everything an
 editor derives from the model at first use, plus state carried from edit to edit. The resumed
 process gets an empty statistics cache, so it must derive them from the unedited model again.
+UltraEdit, whose carried state is its lifelong normaliser, is killed between steps too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ CHAIN = [("alphaedit", {
     "value": {"steps": 8, "weight_decay": 0.0, "kl_factor": 0.0, "clamp_norm_factor": 1e4, "learning_rate": 0.5},
     "statistics": STATISTICS, "layers": [0, 1],
 })]
+#: UltraEdit carries its lifelong normaliser from edit to edit (journaled moments, merged again on resume).
+CHAINS = {"alphaedit": CHAIN, "ultraedit": [("ultraedit", {"learning_rate": 0.01, "layers": [0, 1, 2], "module": "mlp_out"})]}
 OPTIONS = {"schedule": "every:2", "protocols": ("teacher-forced",), "max_new_tokens": 4, "progress": False, "report": False}
 # Whether an edit holds does not matter here, only that both runs compute the same.
 pytestmark = pytest.mark.filterwarnings("ignore::easyetcon.locate.values.EditNotReachedWarning")
@@ -48,9 +51,9 @@ import easyetcon.journal as journal_module
 import easyetcon_eval.lifelong as lifelong_module
 from easyetcon.testing import tiny_model
 from easyetcon_eval import run_lifelong
-from tests.test_resume_after_kill import CHAIN, OPTIONS, stream
+from tests.test_resume_after_kill import CHAINS, OPTIONS, stream
 
-point, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+point, count, out, chain = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 calls = [0]
 
 def die():
@@ -79,7 +82,7 @@ elif point == "state-file":  # killed while lifelong.json's temporary file is ha
     def half_state(f, path, data):
         path.with_name(f".{path.name}.{os.getpid()}.tmp").write_text(journal_module.json.dumps(data)[:20])
     lifelong_module.write_json_atomic = counting(lifelong_module.write_json_atomic, half_state)
-run_lifelong(tiny_model("llama"), CHAIN, stream(), out_dir=out, **OPTIONS)
+run_lifelong(tiny_model("llama"), CHAINS[chain], stream(), out_dir=out, **OPTIONS)
 sys.exit(3)  # the kill point was never reached
 '''
 
@@ -88,29 +91,43 @@ def final_state(model, result):
     return model.state_hash(), [{k: v for k, v in p.items()} for p in result.curve]
 
 
-@pytest.fixture
-def uninterrupted(tmp_path_factory, monkeypatch):
+def uninterrupted_run(tmp_path_factory, monkeypatch, chain):
     from easyetcon_eval import run_lifelong
 
     monkeypatch.setenv("EASYETCON_CACHE", str(tmp_path_factory.mktemp("cache-clean")))
     model = tiny_model("llama", registry=get_host().registry)
-    result = run_lifelong(model, CHAIN, stream(), out_dir=tmp_path_factory.mktemp("clean"), **OPTIONS)
+    result = run_lifelong(model, CHAINS[chain], stream(), out_dir=tmp_path_factory.mktemp("clean"), **OPTIONS)
+    return final_state(model, result)
+
+
+@pytest.fixture
+def uninterrupted(tmp_path_factory, monkeypatch):
+    return uninterrupted_run(tmp_path_factory, monkeypatch, "alphaedit")
+
+
+def killed_then_resumed(point, count, chain, tmp_path, monkeypatch):
+    from easyetcon_eval import run_lifelong
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "EASYETCON_CACHE": str(tmp_path / "cache-killed"), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", CHILD, point, str(count), str(out), chain], env=env, cwd=root, capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr[-3000:]
+
+    monkeypatch.setenv("EASYETCON_CACHE", str(tmp_path / "cache-resumed"))  # statistics derived again
+    model = tiny_model("llama", registry=get_host().registry)
+    result = run_lifelong(model, CHAINS[chain], stream(), out_dir=out, **OPTIONS)
+    assert result.resumed_at > 0  # the kill came after at least one complete edit
     return final_state(model, result)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point,count", [("between-steps", 2), ("record-write", 8), ("index-line", 9), ("state-file", 2)])
 def test_a_killed_run_resumes_bit_for_bit(point, count, uninterrupted, tmp_path, monkeypatch):
-    from easyetcon_eval import run_lifelong
+    assert killed_then_resumed(point, count, "alphaedit", tmp_path, monkeypatch) == uninterrupted
 
-    out = tmp_path / "run"
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "EASYETCON_CACHE": str(tmp_path / "cache-killed"), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", CHILD, point, str(count), str(out)], env=env, cwd=root, capture_output=True, text=True)
-    assert killed.returncode == 137, killed.stderr[-3000:]
 
-    monkeypatch.setenv("EASYETCON_CACHE", str(tmp_path / "cache-resumed"))  # statistics derived again
-    model = tiny_model("llama", registry=get_host().registry)
-    result = run_lifelong(model, CHAIN, stream(), out_dir=out, **OPTIONS)
-    assert result.resumed_at > 0  # the kill came after at least one complete edit
-    assert final_state(model, result) == uninterrupted
+@pytest.mark.slow
+def test_a_killed_ultraedit_run_resumes_with_its_normaliser_bit_for_bit(tmp_path_factory, tmp_path, monkeypatch):
+    expected = uninterrupted_run(tmp_path_factory, monkeypatch, "ultraedit")
+    assert killed_then_resumed("between-steps", 3, "ultraedit", tmp_path, monkeypatch) == expected
