@@ -30,6 +30,14 @@ INTERRUPTED_EXIT_CODE = 130
 _ARGUMENTS_KEY = "easyetcon.arguments"
 
 
+#: ``--context``: how the model is asked (easyetcon.prompting), shared by `edit` and `eval`.
+CONTEXT_OPTION = click.option(
+    "--context", type=click.Choice(["auto", "question", "instruction", "chat"]),
+    help="How the model is asked, overriding the spec's prompt_format.context: auto (chat when the "
+    "tokenizer has a chat template, else question), question, instruction or chat.",
+)
+
+
 class _Group(click.Group):
     """Turns easyetcon's own errors into one clear line and exit code 2, and Ctrl-C into one
     line saying how to run the command again and exit code 130, not a traceback."""
@@ -181,7 +189,8 @@ def _parts_json(registry: Any, kind: str) -> list[dict[str, str]]:
 @click.option("--mode", type=click.Choice(["sequential", "batch"]), help="Overrides the spec's mode.")
 @click.option("--batch-size", type=int, help="Overrides the spec's batch_size.")
 @click.option("--dtype", help="Overrides the spec's dtype (float32, bfloat16, ...).")
-def edit(model_name, chain_path, data_path, data_format, data_option, limit, out_dir, mode, batch_size, dtype) -> None:
+@CONTEXT_OPTION
+def edit(model_name, chain_path, data_path, data_format, data_option, limit, out_dir, mode, batch_size, dtype, context) -> None:
     """Apply a chain of editors to a model and save the edited model with its journal.
 
     Writes OUT/model (save_pretrained) and OUT/journal. The input model is never changed.
@@ -208,13 +217,19 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
             for removed in remove_abandoned_staging(out.parent):
                 console.print(f"removed {removed}, left behind by an interrupted run")
             _require_empty_output(out)  # another run may have finished into it meanwhile
-            model = load_model(model_source, dtype=dtype or spec.dtype, device_map=spec.device_map)
+            model = load_model(
+                model_source, dtype=dtype or spec.dtype, device_map=spec.device_map,
+                prompt_format=prompt_format_of(spec, context),
+            )
             console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
             # Build the run in a hidden folder beside OUT, then rename it onto OUT in one step, so
             # OUT is either untouched or complete.
             with staging_folder(out.parent, out.name) as staging:
                 built = staging / "run"
-                journal = Journal(built / "journal", metadata={"model": model_source, "chain_spec": spec.model_dump(mode="json")})
+                journal = Journal(built / "journal", metadata={
+                    "model": model_source, "chain_spec": spec.model_dump(mode="json"),
+                    "prompt_format": model.prompt_format.describe(),
+                })
                 result = chain.apply(
                     model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
                     journal=journal, progress=True,
@@ -232,6 +247,11 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
     console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
     console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
+
+
+def prompt_format_of(spec: Any, context: str | None) -> Any:
+    """The spec's prompt format, its context replaced by ``--context`` when given."""
+    return spec.prompt_format if context is None else spec.prompt_format.model_copy(update={"context": context})
 
 
 def parse_data_options(pairs: tuple[str, ...]) -> dict[str, Any]:

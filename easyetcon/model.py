@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from easyetcon.adapters import ArchitectureAdapter, resolve_adapter
-from easyetcon.errors import EasyEtconError, UnknownNameError
+from easyetcon.errors import ConfigError, EasyEtconError, UnknownNameError
 from easyetcon.hub import HUB_ID
+from easyetcon.prompting import PromptFormat
 from easyetcon.text import pad_id_of, pad_rows
 
 PromptRewriter = Callable[[list[str]], list[str]]
@@ -57,7 +58,9 @@ class EditableModel:
     ``adapter`` the :class:`~easyetcon.adapters.ArchitectureAdapter` found from its class or
     structure. External-memory editors keep their :class:`~easyetcon.records.MemoryStore` in
     ``memories`` and may register *prompt rewriters* (in-context editing) that :meth:`generate`
-    and the evaluators apply before the model sees a prompt.
+    and the evaluators apply before the model sees a prompt. ``prompt_format`` (a
+    :class:`~easyetcon.prompting.PromptFormat`, resolved for the tokenizer) is how the model is
+    asked: :meth:`format_prompt` puts a prompt in its context, after any rewriting.
     """
 
     def __init__(
@@ -85,6 +88,32 @@ class EditableModel:
         self._low_rank_listeners: list[Callable[[str, torch.Tensor, torch.Tensor], None]] = []
         if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None):
             tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token
+        self.prompt_format = PromptFormat()
+
+    # ---- how the model is asked ---------------------------------------------------------------
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """The context every prompt is asked in (never ``auto``: resolved when set)."""
+        return self._prompt_format
+
+    @prompt_format.setter
+    def prompt_format(self, value: PromptFormat | dict[str, Any] | str) -> None:
+        from pydantic import ValidationError
+
+        from easyetcon.registry import format_field_errors
+
+        try:
+            if isinstance(value, str):
+                value = PromptFormat(context=value)
+            elif isinstance(value, dict):
+                value = PromptFormat.model_validate(value)
+        except ValidationError as error:
+            raise ConfigError("prompt_format is invalid", format_field_errors(error, prefix="prompt_format: ")) from None
+        self._prompt_format = value.resolved(self.tokenizer)
+
+    def format_prompt(self, prompt: str) -> str:
+        """``prompt`` as the model is asked it (see :mod:`easyetcon.prompting`)."""
+        return self._prompt_format.apply(self.tokenizer, prompt)
 
     # ---- weights ---------------------------------------------------------------------------
     @property
@@ -161,6 +190,12 @@ class EditableModel:
             prompts = rewriter(prompts)
         return prompts
 
+    def as_asked(self, prompts: Sequence[str], *, use_memory: bool = True) -> list[str]:
+        """What the model reads for ``prompts``: rewritten by the memories (unless
+        ``use_memory=False``), then formatted."""
+        prompts = self.rewrite_prompts(prompts) if use_memory else list(prompts)
+        return [self.format_prompt(p) for p in prompts]
+
     # ---- text in, text out ------------------------------------------------------------------
     def encode_answer(self, answer: str) -> list[int]:
         """Token ids of ``answer`` as it continues a prompt: with one leading space, no BOS."""
@@ -176,6 +211,7 @@ class EditableModel:
         stop: Sequence[str] | AnswerEnd = ("\n",),
         batch_size: int = 32,
         use_memory: bool = True,
+        raw: bool = False,
     ) -> list[str]:
         """Greedy continuations of ``prompts``, batched and left-padded so each equals decoding
         its prompt alone.
@@ -183,7 +219,9 @@ class EditableModel:
         ``stop`` ends a row early and cuts its text: stop strings (the text is cut before the
         first one), or a function ``end(text, index) -> int | None`` giving where the continuation
         of prompt ``index`` ends (``None``: not yet). Decoding also stops at end of sequence and
-        after ``max_new_tokens``. External memories apply unless ``use_memory=False``.
+        after ``max_new_tokens``. External memories apply unless ``use_memory=False``; the prompt
+        format applies after them. ``raw=True`` continues the texts as they are (no memory, no
+        format): the model as a language model, for sampling text.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -191,7 +229,7 @@ class EditableModel:
         if not prompts:
             return []
         end_of = stop if callable(stop) else _first_stop_string(tuple(s for s in stop if s))
-        encoded = [self.tokenizer(p)["input_ids"] for p in (self.rewrite_prompts(prompts) if use_memory else prompts)]
+        encoded = [self.tokenizer(p)["input_ids"] for p in (prompts if raw else self.as_asked(prompts, use_memory=use_memory))]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # little padding per batch
         pad_id = pad_id_of(self.tokenizer)
         outputs = [""] * len(prompts)
@@ -224,8 +262,7 @@ class EditableModel:
     @torch.no_grad()
     def target_token_predictions(self, prompt: str, answer: str, *, use_memory: bool = True) -> tuple[list[int], list[int]]:
         """Teacher forcing: the answer's token ids and the model's argmax at each of their positions."""
-        if use_memory:
-            prompt = self.rewrite_prompts([prompt])[0]
+        prompt = self.as_asked([prompt], use_memory=use_memory)[0]
         prompt_ids = self.tokenizer(prompt)["input_ids"]
         answer_ids = self.encode_answer(answer)
         input_ids = torch.tensor([prompt_ids + answer_ids], device=self.device)
@@ -281,6 +318,7 @@ def load_model(
     *,
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
+    prompt_format: PromptFormat | dict[str, Any] | str | None = None,
     registry: Any = None,
     **from_pretrained_kwargs: Any,
 ) -> EditableModel:
@@ -289,6 +327,8 @@ def load_model(
 
     ``dtype`` (``"float32"``, ``"bfloat16"``, ... or a torch dtype) and ``device_map``
     (``"auto"`` spreads a large model over the visible GPUs with accelerate) are passed through.
+    ``prompt_format`` (a :class:`~easyetcon.prompting.PromptFormat`, its fields, or a context name
+    such as ``"chat"``) is how the model is asked; by default ``auto``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -305,4 +345,7 @@ def load_model(
         kwargs["device_map"] = device_map
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return EditableModel(torch_model, tokenizer, registry=registry, source=path)
+    model = EditableModel(torch_model, tokenizer, registry=registry, source=path)
+    if prompt_format is not None:
+        model.prompt_format = prompt_format
+    return model

@@ -5,6 +5,8 @@ each editor's config model are the truth.
 
     model: ./my-model          # optional: a folder (relative to this file), a model name
                                # (default, wide) or a hub id; the CLI's --model overrides it
+    prompt_format:             # optional: how the model is asked (easyetcon.prompting)
+      context: chat            # auto (default), question, instruction or chat
     mode: sequential           # or batch
     batch_size: 1
     chain:
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from easyetcon.chain import EditChain
 from easyetcon.errors import ConfigError, UnknownNameError
 from easyetcon.plugins import PluginHost, get_host
+from easyetcon.prompting import PromptFormat
 from easyetcon.registry import format_field_errors
 
 RESERVED_STEP_KEYS = ("editor", "label")
@@ -45,6 +48,10 @@ class ChainSpec(BaseModel):
     )
     dtype: str | None = Field(default=None, description="float32, bfloat16, float16 or auto.")
     device_map: str | dict[str, Any] | None = Field(default=None, description="Passed to from_pretrained.")
+    prompt_format: PromptFormat = Field(
+        default_factory=PromptFormat,
+        description="How the model is asked while it is edited and evaluated (context: auto, question, instruction, chat).",
+    )
     mode: Literal["sequential", "batch"] = "sequential"
     batch_size: int = Field(default=1, ge=1)
     chain: list[dict[str, Any]] = Field(min_length=1, description="Steps: 'editor' plus its options.")

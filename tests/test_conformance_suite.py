@@ -15,6 +15,7 @@ class Config(BaseModel):
     touch_undeclared: bool = False
     do_nothing: bool = False
     teach_ground_truth: bool = False
+    plain_prompts: bool = False
     lead: float = 2.0
 
 
@@ -39,7 +40,8 @@ class SneakyEditor:
                 for request in requests:
                     answer = request.ground_truth if self.config.teach_ground_truth else request.target_new
                     token = model.encode_answer(answer)[0]
-                    ids = torch.tensor([model.tokenizer(request.prompt)["input_ids"]])
+                    prompt = request.prompt if self.config.plain_prompts else model.format_prompt(request.prompt)
+                    ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
                     logits = model.torch_model(input_ids=ids).logits[0, -1]
                     hidden = seen[-1][0, -1]
                     best_other = torch.cat([logits[:token], logits[token + 1 :]]).max()
@@ -94,6 +96,9 @@ class TestBarelyAhead(Sneaky):
 class TestExempt(Sneaky):
     options = {"do_nothing": True}
     target_exemption = "this toy promises no target"
+
+class TestPlainPrompts(Sneaky):
+    options = {"plain_prompts": True}
 '''
 
 
@@ -112,6 +117,7 @@ def test_suite_passes_an_honest_editor_and_fails_broken_ones(pytester):
         "TestUndeclared::test_changes_only_declared_weights[llama]",
         "TestUndeclared::test_undo_restores_bit_exactly[llama]",
         "TestUndeclared::test_journal_round_trips[llama]",
+        "TestUndeclared::test_asks_in_the_models_prompt_format",
     }
     assert "did not list in weights_to_edit" in text
     assert {o for o in failed if o.startswith("TestLazy")} == {
@@ -127,7 +133,11 @@ def test_suite_passes_an_honest_editor_and_fails_broken_ones(pytester):
     # checks still run: this lazy one still fails the undo check for changing nothing
     assert {o for o in failed if o.startswith("TestExempt")} == {"TestExempt::test_undo_restores_bit_exactly[llama]"}
     assert "TestExempt.target_exemption: this toy promises no target" in text
-    result.assert_outcomes(passed=6 + 2 + 4 + 5 + 5 + 4, failed=4 + 2 + 1 + 1 + 1, skipped=1)  # six checks per class
+    # an editor that feeds the model its requests' bare prompts fails only the prompt-format check
+    # (the tiny models are asked with the bare prompt everywhere else)
+    assert {o for o in failed if o.startswith("TestPlainPrompts")} == {"TestPlainPrompts::test_asks_in_the_models_prompt_format"}
+    assert "'sneaky' read request prompts outside the model's prompt format (chat)" in text
+    result.assert_outcomes(passed=7 + 2 + 5 + 6 + 6 + 5 + 6, failed=5 + 2 + 1 + 1 + 1 + 1, skipped=1)  # seven checks per class
 
     # a missed target is reported with the editor, the model, the request, its NLL and margin
     assert "'sneaky' (sequential mode) on the tiny llama model" in text

@@ -234,3 +234,57 @@ def test_output_preservation_holds_in_half_precision(host, dtype, editor, option
     free = preserved_output_change(host, dtype, editor, options, None)
     held = preserved_output_change(host, dtype, editor, options, 100.0)
     assert 0 < held < 0.5 * free
+
+
+# ---- every editor, with its conformance options ----------------------------------------------------
+
+
+def conformance_cases():
+    """Every conformance class of the built-in editors (GRPO's needs a reward fixture: it has its
+    own half-precision tests above)."""
+    from easyetcon.testing import EditorConformance
+    from tests.consolidation import test_conformance as consolidation
+    from tests.intrinsic import test_conformance as intrinsic
+    from tests.memory import test_conformance as memory
+    from tests.merging import test_conformance as merging
+
+    return [
+        case for module in (intrinsic, memory, merging, consolidation) for case in vars(module).values()
+        if isinstance(case, type) and issubclass(case, EditorConformance) and case is not EditorConformance
+        and case.editor != "grpo"
+    ]
+
+
+def test_every_built_in_editor_is_edited_in_half_precision(host):
+    covered = {case.editor for case in conformance_cases()} | {"grpo"}
+    built_in = {info.name for info in host.registry.editors() if info.distribution == "easyetcon"}
+    assert built_in <= covered, f"no half-precision case for {sorted(built_in - covered)}"
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("case", conformance_cases(), ids=lambda case: case.__name__)
+def test_each_editor_edits_a_half_precision_model_like_its_conformance_test(host, case, dtype):
+    """The conformance edit on the tiny Llama cast to ``dtype``: each target ahead by the suite's
+    margin right after its edit (where the suite checks it on the tiny models), every weight
+    finite and in its dtype, only the declared weights changed."""
+    from easyetcon.testing import EditorConformance
+    from easyetcon.testing.conformance import target_fit
+
+    suite = case()
+    model = suite.make_model("llama")
+    model.torch_model.to(dtype)
+    requests = suite.make_requests()
+    before = {n: p.detach().clone() for n, p in model.torch_model.named_parameters()}
+    chain = EditChain([(suite.editor, dict(suite.options))])
+    declared, margins = set(), {}
+    for group in ([requests] if suite.mode == "batch" else [[r] for r in requests]):
+        result = chain.apply(model, group, mode="batch")
+        declared |= {n for r in result.records if r.weights is not None for n in r.weights.names}
+        margins.update({r.request_id: target_fit(model, r.prompt, r.target_new)[1] for r in group})
+    assert_finite_and_in_dtype(model, dtype)
+    changed = {n for n, p in model.torch_model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == declared and (changed or any(len(s) for s in model.memories.values()))
+    on_tiny_models = case.test_edit_makes_model_predict_target is EditorConformance.test_edit_makes_model_predict_target
+    if on_tiny_models and not suite.target_exemption:
+        missed = {rid: round(m, 3) for rid, m in margins.items() if m < suite.target_margin}
+        assert not missed, f"in {dtype} these targets are not ahead by {suite.target_margin}: {missed}"

@@ -129,7 +129,10 @@ class EditSites:
 
     def __init__(self, model: Any, requests: Sequence[Any], layers: Sequence[int], prefixes: Sequence[str], key: KeyOptions) -> None:
         self.model, self.layers = model, list(layers)
-        self.located = [locate_request(model.tokenizer, request, prefixes, key.fact_token) for request in requests]
+        self.located = [
+            locate_request(model.tokenizer, request, prefixes, key.fact_token, format_prompt=model.format_prompt)
+            for request in requests
+        ]
         self.modules = {layer: model.adapter.module(model.torch_model, "mlp_out", layer) for layer in self.layers}
         self.last_block = model.adapter.blocks(model.torch_model)[self.layers[-1]]
 

@@ -10,7 +10,7 @@ works for any architecture an :class:`~easyetcon.adapters.ArchitectureAdapter` d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -102,11 +102,18 @@ class LocatedRequest:
         return self.positions[0]
 
 
-def locate_request(tokenizer: Any, request: Any, prefixes: Sequence[str], fact_token: FactToken) -> LocatedRequest:
-    """Locate ``request``'s fact token behind each of ``prefixes`` (the first must be ``"{}"``)."""
+def locate_request(
+    tokenizer: Any, request: Any, prefixes: Sequence[str], fact_token: FactToken,
+    *, format_prompt: Callable[[str], str] | None = None,
+) -> LocatedRequest:
+    """Locate ``request``'s fact token behind each of ``prefixes`` (the first must be ``"{}"``),
+    each prefixed prompt put in the model's context by ``format_prompt`` (the prefix is part of
+    what the user says)."""
     if not prefixes or prefixes[0] != "{}":
         raise ValueError(f"the first prefix must be the bare prompt '{{}}', got {list(prefixes[:1])}")
     texts = fill_prefixes(prefixes, request.prompt)
+    if format_prompt is not None:
+        texts = [format_prompt(text) for text in texts]
     positions = fact_positions(tokenizer, texts, [request.subject] * len(texts), [request.request_id] * len(texts), fact_token)
     return LocatedRequest(request, tuple(texts), tuple(positions), fact_token)
 
@@ -128,7 +135,8 @@ def fact_keys(
     the subject's last token), averaged over ``prefixes`` (templates with ``{}`` for the prompt;
     the first is the bare ``"{}"``). fp32 ``(n_requests, d_in)``."""
     module = model.adapter.module(model.torch_model, "mlp_out", layer)
-    return located_keys(model, module, [locate_request(model.tokenizer, r, prefixes, fact_token) for r in requests])
+    located = [locate_request(model.tokenizer, r, prefixes, fact_token, format_prompt=model.format_prompt) for r in requests]
+    return located_keys(model, module, located)
 
 
 @torch.no_grad()
@@ -145,7 +153,7 @@ def make_prefixes(model: Any, count: int, length: int, source: str = "generated"
     if source == "fixed":
         return list(FIXED_PREFIXES[: count + 1])
     seeds = [PREFIX_SEEDS[i % len(PREFIX_SEEDS)] for i in range(count)]
-    continuations = model.generate(seeds, max_new_tokens=length, stop=("\n",), use_memory=False)
+    continuations = model.generate(seeds, max_new_tokens=length, stop=("\n",), raw=True)
     prefixes = ["{}"]
     for seed, text in zip(seeds, continuations):
         text = (seed + text).replace("{", " ").replace("}", " ").strip()

@@ -64,8 +64,9 @@ def trace_mlp_effects(
     generator = torch.Generator().manual_seed(seed)
     effects = torch.zeros(num_layers, dtype=torch.float64)
     for request in requests:
-        subject = locate_subject_tokens(tokenizer, request.prompt, request.subject, request_id=request.request_id)
-        ids = torch.tensor([tokenizer(request.prompt)["input_ids"]] * (samples + 1), device=model.device)
+        prompt = model.format_prompt(request.prompt)
+        subject = locate_subject_tokens(tokenizer, prompt, request.subject, request_id=request.request_id)
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]] * (samples + 1), device=model.device)
         if request.ground_truth:
             answer = encode_continuation(tokenizer, request.ground_truth)[0]
         else:

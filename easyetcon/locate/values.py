@@ -127,7 +127,7 @@ def essence_texts(
         texts = filled
     else:
         old_answers = {a for a in (request.ground_truth, current_answer(model, request.prompt)) if a and a.strip()}
-        continuations = model.generate(filled, max_new_tokens=continuation_tokens, stop=("\n",), use_memory=False)
+        continuations = model.generate(filled, max_new_tokens=continuation_tokens, stop=("\n",), raw=True)
         texts = []
         for prompt, continuation in zip(filled, continuations):
             for sentence in split_sentences(prompt + continuation):

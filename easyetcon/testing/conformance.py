@@ -15,7 +15,9 @@ tiny architecture by default). The suite checks that
 * only the weights the editor declared were changed;
 * invalid options are rejected with a :class:`~easyetcon.errors.ConfigError`, also from a
   chain spec, where the error names the step;
-* the journal round-trips: records read back from disk roll the model back and replay it.
+* the journal round-trips: records read back from disk roll the model back and replay it;
+* asked in chat form (``model.prompt_format``), every request prompt the editor feeds the model
+  is in that form.
 
 Override :meth:`~EditorConformance.make_model` or :meth:`~EditorConformance.make_requests`
 where an editor needs a trained model (an in-context memory cannot make a random model answer
@@ -38,15 +40,15 @@ from easyetcon.plugins import get_host
 from easyetcon.registry import Family
 from easyetcon.requests import EditRequest
 from easyetcon.spec import parse_chain_spec
-from easyetcon.testing.tiny import ARCHITECTURES, tiny_learnable_requests, tiny_model
+from easyetcon.testing.tiny import ARCHITECTURES, TINY_CHAT_TEMPLATE, tiny_learnable_requests, tiny_model
 
 
 def target_fit(model: Any, prompt: str, answer: str) -> tuple[float, float]:
-    """``(mean NLL, margin)`` of ``answer`` after ``prompt`` (as the model's memories rewrite it)
-    under teacher forcing. The margin is the smallest, over the answer's tokens, of its logit
+    """``(mean NLL, margin)`` of ``answer`` after ``prompt`` (as the model is asked it: rewritten by
+    its memories, in its prompt format) under teacher forcing. The margin is the smallest, over the answer's tokens, of its logit
     minus the largest other logit, which equals its log-probability minus the best other's:
     positive exactly where greedy decoding reproduces the answer."""
-    prompt = model.rewrite_prompts([prompt])[0]
+    prompt = model.as_asked([prompt])[0]
     prompt_ids = model.tokenizer(prompt)["input_ids"]
     answer_ids = model.encode_answer(answer)
     with torch.no_grad():
@@ -232,3 +234,35 @@ class EditorConformance:
         for position in range(len(fresh)):
             fresh.record(position).redo(model)
         assert model.state_hash() == edited
+
+    def test_asks_in_the_models_prompt_format(self) -> None:
+        """Asked in chat form (the tiny Llama with :data:`~easyetcon.testing.tiny.TINY_CHAT_TEMPLATE`),
+        the editor must read every request prompt it feeds the model in that form: a forward
+        pass whose text holds a request's prompt without the user turn opened before it was
+        edited in a form the evaluator never asks in."""
+        model = self.make_model("llama")
+        model.tokenizer.chat_template = TINY_CHAT_TEMPLATE
+        model.prompt_format = "chat"
+        requests = self.make_requests()
+        read: list[torch.Tensor] = []
+
+        def record(_module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if isinstance(ids, torch.Tensor):
+                read.append(ids.detach().to("cpu"))
+
+        handle = model.torch_model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            self._chain().apply(model, requests, mode=self.mode)
+        finally:
+            handle.remove()
+        texts = [model.tokenizer.decode(row) for ids in read for row in ids]
+        opened = "<|im_start|>user\n"
+        outside = sorted({
+            text for text in texts for r in requests
+            if r.prompt in text and opened not in text[: text.rindex(r.prompt)]
+        })
+        assert not outside, (
+            f"{self.editor!r} read request prompts outside the model's prompt format (chat): "
+            f"{outside[:2]}; build model inputs from model.format_prompt(prompt)"
+        )

@@ -24,6 +24,13 @@ TINY_CORPUS = [
 
 ARCHITECTURES = ("llama", "gpt2", "gpt-neox", "gpt-j", "qwen2", "qwen3", "mistral")
 
+#: A ChatML chat template (Qwen2's layout) that also writes the BOS token, as Llama 3's does.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer_json() -> str:
@@ -90,11 +97,14 @@ def tiny_torch_model(architecture: str = "llama", *, seed: int = 0) -> tuple[Any
     return model, tokenizer
 
 
-def tiny_model(architecture: str = "llama", *, seed: int = 0, registry: Any = None) -> Any:
-    """An :class:`easyetcon.EditableModel` around a tiny random model."""
+def tiny_model(architecture: str = "llama", *, seed: int = 0, registry: Any = None, chat_template: bool = False) -> Any:
+    """An :class:`easyetcon.EditableModel` around a tiny random model; with ``chat_template`` its
+    tokenizer has :data:`TINY_CHAT_TEMPLATE`, so the model is asked in chat form by default."""
     from easyetcon.model import EditableModel
 
     model, tokenizer = tiny_torch_model(architecture, seed=seed)
+    if chat_template:
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
     return EditableModel(model, tokenizer, registry=registry, source=f"tiny-{architecture}")
 
 

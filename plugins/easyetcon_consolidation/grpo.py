@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,7 +102,9 @@ class GRPOConsolidation:
     def weights_to_edit(self, model: Any, requests: Sequence[EditRequest]) -> list[str]:
         return ffn_weight_names(model, self.config.weights) if self.state.fires_next() else []
 
-    def _rows(self, requests: Sequence[EditRequest]) -> list[dict[str, Any]]:
+    def _rows(self, requests: Sequence[EditRequest], format_prompt: Callable[[str], str]) -> list[dict[str, Any]]:
+        """TRL's dataset rows: each question prompt as the model is asked it (its prompt format,
+        the one the evaluator uses), with the index of its request."""
         sources = PromptSources(cloze=False, questions=True, question_template=self.config.question_template)
         rows = []
         for index, request in enumerate(requests):
@@ -112,7 +114,7 @@ class GRPOConsolidation:
                     f"request {request.request_id!r} has no question prompt for GRPO: give it "
                     f"metadata['qa_prompts'] or set the option question_template"
                 )
-            rows.extend({"prompt": prompt, "request_index": index} for prompt in prompts)
+            rows.extend({"prompt": format_prompt(prompt), "request_index": index} for prompt in prompts)
         return rows
 
     def edit(self, model: Any, requests: Sequence[EditRequest]) -> None:
@@ -123,7 +125,7 @@ class GRPOConsolidation:
         from transformers import PrinterCallback
         from trl import GRPOTrainer
 
-        rows = self._rows(chosen)
+        rows = self._rows(chosen, model.format_prompt)
         net, tokenizer = model.torch_model, model.tokenizer
 
         def reward(prompts: list[str], completions: list[str], request_index: list[int], **_: Any) -> list[float]:

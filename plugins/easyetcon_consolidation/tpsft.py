@@ -77,7 +77,9 @@ class TPSFT:
                 targets_of_pairs.append(target_ids)
         if not pairs:
             raise ValueError("no training prompts: enable prompts.cloze or give the requests question prompts")
-        batch = build_target_batch(model.tokenizer, [p for p, _ in pairs], [c for _, c in pairs]).to(model.device)
+        # trained in the form the model is asked in (its prompt format), as the evaluator asks
+        prompts = [model.format_prompt(p) for p, _ in pairs]
+        batch = build_target_batch(model.tokenizer, prompts, [c for _, c in pairs]).to(model.device)
         # which completion tokens spell the target: only EAFT restricted to some tokens needs it
         is_target = target_token_mask(batch.labels, targets_of_pairs) if self.config.eaft is not None else None
         mask = (batch.labels[:, 1:] != -100).float()

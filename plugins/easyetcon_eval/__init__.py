@@ -24,6 +24,8 @@ _EXPORTS = {
     "EvaluationResult": "easyetcon_eval.evaluate",
     "compute_baseline": "easyetcon_eval.evaluate",
     "evaluate_edits": "easyetcon_eval.evaluate",
+    "EditReport": "easyetcon_eval.editing",
+    "edit_and_evaluate": "easyetcon_eval.editing",
     "greedy_continuations": "easyetcon_eval.generation",
     "LifelongInterrupted": "easyetcon_eval.lifelong",
     "LifelongResult": "easyetcon_eval.lifelong",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import click
 
+from easyetcon.cli import CONTEXT_OPTION
 from easyetcon_eval.names import DEFAULT_JUDGE, PROTOCOLS
 
 
@@ -25,16 +25,17 @@ from easyetcon_eval.names import DEFAULT_JUDGE, PROTOCOLS
 @click.option("--judge", default=DEFAULT_JUDGE, show_default=True, help="Registered metric that judges generations.")
 @click.option("--fluency", is_flag=True, help="Also measure fluency (n-gram entropy of free generation).")
 @click.option("--dtype", help="float32, bfloat16, ... (overrides the spec).")
+@CONTEXT_OPTION
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: results.json, results.md, retention.png, journal/.")
 @click.option("--no-resume", is_flag=True, help="Refuse to continue an interrupted run in --out.")
 def eval_command(model_name, chain_path, data, data_format, data_option, protocols, schedule, limit, mode, batch_size,
-                 retention_sample, max_new_tokens, judge, fluency, dtype, out_dir, no_resume) -> None:
+                 retention_sample, max_new_tokens, judge, fluency, dtype, context, out_dir, no_resume) -> None:
     """Apply a chain to a dataset's edit requests, measure them under each protocol, and write a
     report (JSON, Markdown table, retention plot) to --out. An interrupted run resumes from its
     journal when started again with the same arguments."""
     from rich.console import Console
 
-    from easyetcon.cli import command_line, exit_interrupted, parse_data_options
+    from easyetcon.cli import command_line, exit_interrupted, parse_data_options, prompt_format_of
     from easyetcon.dataset_files import load_requests_from
     from easyetcon.model import load_model
     from easyetcon.spec import load_chain_spec
@@ -50,7 +51,8 @@ def eval_command(model_name, chain_path, data, data_format, data_option, protoco
     # Starting the same command again resumes; --no-resume would refuse the run this one began.
     resume_with = command_line(leave_out=["--no-resume"])
     try:
-        model = load_model(source, dtype=dtype or spec.dtype, device_map=spec.device_map)
+        model = load_model(source, dtype=dtype or spec.dtype, device_map=spec.device_map,
+                           prompt_format=prompt_format_of(spec, context))
         console.print(f"loaded {type(model.torch_model).__name__} from {source}; {len(requests)} request(s); chain {chain!r}")
         result = run_lifelong(
             model, chain, requests, schedule=schedule, protocols=protocols or ("teacher-forced", "generation"),

@@ -14,6 +14,11 @@ A request's metric is the mean over its items; a summary is the mean over reques
 without the field a metric needs (no rephrases, no probes, no baseline) is *skipped* for that
 metric and counted in ``skipped`` — never scored as zero.
 
+Every prompt is asked in the model's prompt format (``model.prompt_format``, see
+:mod:`easyetcon.prompting`): the settings of every result record it, and a format other than
+``question`` is part of each protocol key (``"generation@1[chat]"``), so numbers asked in
+different contexts are never mixed.
+
 Protocols (every number is stored under ``"<protocol>@<version>"``):
 
 * ``teacher-forced``: token accuracy of the canonical answer under teacher forcing (EasyEdit);
@@ -70,9 +75,18 @@ class EvalSettings:
     max_new_tokens: int = 48
     batch_size: int = 32
     judge: str = DEFAULT_JUDGE
+    prompt_format: dict[str, Any] = field(default_factory=lambda: {"context": "question"})
+
+    @classmethod
+    def of(cls, model: Any, max_new_tokens: int, batch_size: int, judge: str) -> EvalSettings:
+        """The settings of an evaluation of ``model``: these knobs and how the model is asked."""
+        return cls(max_new_tokens, batch_size, judge, model.prompt_format.describe())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, "judge": self.judge}
+        return {
+            "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, "judge": self.judge,
+            "prompt_format": dict(self.prompt_format),
+        }
 
 
 def check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
@@ -85,12 +99,15 @@ def check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def protocol_key(protocol: str, judge: str = DEFAULT_JUDGE, judge_version: str = "1") -> str:
-    """``"generation@1"``; a non-default judge is part of the key (``"generation@1[llm@2]"``)
-    so numbers judged differently are never mixed."""
+def protocol_key(protocol: str, judge: str = DEFAULT_JUDGE, judge_version: str = "1", context: str = "question") -> str:
+    """``"generation@1"``; a non-default judge (``"generation@1[llm@2]"``) and a prompt context
+    other than ``question`` (``"generation@1[chat]"``) are part of the key, so numbers judged or
+    asked differently are never mixed."""
     key = f"{protocol}@{PROTOCOLS[protocol]}"
     if protocol == "generation" and judge != DEFAULT_JUDGE:
         key += f"[{judge}@{judge_version}]"
+    if context != "question":
+        key += f"[{context}]"
     return key
 
 
@@ -239,7 +256,7 @@ def _baseline_key(model: Any, requests: Sequence[EditRequest], protocols: Sequen
     for request in requests:
         probes = [(p.prompt, p.answer) for p in (*request.locality, *request.portability)]
         digest.update(json.dumps([request.request_id, request.prompt, probes], ensure_ascii=False).encode())
-    settings_for_key = {"max_new_tokens": settings.max_new_tokens, "judge": settings.judge}
+    settings_for_key = {"max_new_tokens": settings.max_new_tokens, "judge": settings.judge, "prompt_format": settings.prompt_format}
     digest.update(json.dumps([sorted(protocols), settings_for_key, PROTOCOLS]).encode())
     return digest.hexdigest()
 
@@ -260,7 +277,7 @@ def compute_baseline(
     model's weights, the probes and the settings, and read back instead of recomputed."""
     requests = parse_requests(requests, source="baseline requests")
     protocols = check_protocols(protocols)
-    settings = EvalSettings(max_new_tokens, batch_size, judge)
+    settings = EvalSettings.of(model, max_new_tokens, batch_size, judge)
     key = _baseline_key(model, requests, protocols, settings)
     cache_path = Path(cache_dir) / f"baseline-{key[:16]}.json" if cache_dir is not None else None
     if cache_path is not None and cache_path.is_file():
@@ -371,7 +388,8 @@ def _evaluate(
 ) -> tuple[EvaluationResult, _Outputs]:
     items, missing = build_items(requests)
     judge = _resolve_judge(settings.judge) if "generation" in protocols else None
-    keys = {p: protocol_key(p, settings.judge, str(getattr(judge, "version", "1"))) for p in protocols}
+    version, context = str(getattr(judge, "version", "1")), settings.prompt_format["context"]
+    keys = {p: protocol_key(p, settings.judge, version, context) for p in protocols}
     notes: list[str] = []
     bar = _bar(2, progress, "evaluating")
     try:
@@ -466,11 +484,17 @@ def evaluate_edits(
     """
     requests = parse_requests(requests, source="evaluation requests")
     protocols = check_protocols(protocols)
-    settings = EvalSettings(max_new_tokens, batch_size, judge)
+    settings = EvalSettings.of(model, max_new_tokens, batch_size, judge)
     if baseline is not None and baseline.settings.get("max_new_tokens") != max_new_tokens and "generation" in protocols:
         raise EvaluationError(
             f"the baseline was generated with max_new_tokens={baseline.settings.get('max_new_tokens')} "
             f"but this evaluation uses {max_new_tokens}; recompute the baseline with the same settings"
+        )
+    asked_before = baseline.settings.get("prompt_format", {"context": "question"}) if baseline is not None else None
+    if asked_before is not None and asked_before != settings.prompt_format:
+        raise EvaluationError(
+            f"the baseline was asked with prompt format {asked_before} but this model is asked with "
+            f"{settings.prompt_format}; recompute the baseline with the model's prompt_format"
         )
     result, _ = _evaluate(model, requests, protocols, baseline, settings, progress=progress)
     if fluency:

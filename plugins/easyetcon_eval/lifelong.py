@@ -260,6 +260,7 @@ def run_lifelong(
     settings = {
         "protocols": list(protocols), "mode": mode, "batch_size": batch_size, "schedule": schedule,
         "retention_sample": retention_sample, "max_new_tokens": max_new_tokens, "judge": judge,
+        "prompt_format": model.prompt_format.describe(),
     }
     eval_options = dict(protocols=protocols, max_new_tokens=max_new_tokens, batch_size=eval_batch_size, judge=judge)
 
@@ -292,6 +293,12 @@ def run_lifelong(
             journal.check_base(model, what=f"the model given to resume the lifelong run in {str(out)!r}")
             if not same_chain(meta.get("chain"), chain):
                 raise JournalError(f"the lifelong run in {str(out)!r} used another chain: {meta.get('chain')}")
+            asked = meta.get("prompt_format", {"context": "question"})
+            if asked != settings["prompt_format"]:
+                raise JournalError(
+                    f"the lifelong run in {str(out)!r} asked the model with prompt format {asked}, this "
+                    f"one with {settings['prompt_format']}; resume it with the same prompt_format"
+                )
             if meta.get("groups") != group_ids:
                 raise JournalError(
                     f"the lifelong run in {str(out)!r} was started with other requests or batching "
@@ -303,7 +310,9 @@ def run_lifelong(
             replay_positions = positions
             resuming = True
         else:
-            journal = Journal(journal_dir, metadata={"chain": chain_description, "groups": group_ids})
+            journal = Journal(journal_dir, metadata={
+                "chain": chain_description, "groups": group_ids, "prompt_format": settings["prompt_format"],
+            })
             journal.record_base(model)
 
     edited = sum(len(g) for g in groups[:done_groups])

@@ -44,10 +44,11 @@ def teacher_forced_predictions(
     model: Any, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16
 ) -> list[tuple[list[int], list[int]]]:
     """For each ``(prompt, answer)``: the answer's token ids and the model's argmax at each of
-    their positions when the true answer tokens are fed in (memory rewriters apply)."""
+    their positions when the true answer tokens are fed in (memory rewriters, then the model's
+    prompt format, apply)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    rewritten = model.rewrite_prompts(prompts)
+    rewritten = model.as_asked(prompts)
     tokenizer = model.tokenizer
     lengths = [len(tokenizer(p)["input_ids"]) + len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for p, a in zip(rewritten, answers)]
     order = sorted(range(len(rewritten)), key=lambda i: lengths[i])

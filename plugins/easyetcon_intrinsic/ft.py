@@ -155,7 +155,7 @@ class FineTuneLast:
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         tokenizer = model.tokenizer
-        input_ids, attention_mask = pad_rows([tokenizer(r.prompt)["input_ids"] for r in requests], pad_id_of(tokenizer))
+        input_ids, attention_mask = pad_rows([tokenizer(model.format_prompt(r.prompt))["input_ids"] for r in requests], pad_id_of(tokenizer))
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
         last = attention_mask.sum(dim=1) - 1
         targets = [torch.tensor(encode_continuation(tokenizer, r.target_new), device=model.device) for r in requests]
@@ -187,7 +187,8 @@ class FineTuneMasked:
 
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         batch = build_target_batch(
-            model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests], append_eos=self.config.append_eos
+            model.tokenizer, [model.format_prompt(r.prompt) for r in requests], [r.target_new for r in requests],
+            append_eos=self.config.append_eos,
         )
         batch = batch.to(model.device)
         has_target = (batch.labels != IGNORE_INDEX).any(dim=1).tolist()

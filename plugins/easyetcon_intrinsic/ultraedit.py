@@ -166,7 +166,7 @@ class UltraEdit:
         gradients: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         for start in range(0, len(requests), config.chunk_size):
             chunk = requests[start : start + config.chunk_size]
-            batch = build_target_batch(model.tokenizer, [r.prompt for r in chunk], [r.target_new for r in chunk]).to(model.device)
+            batch = build_target_batch(model.tokenizer, [model.format_prompt(r.prompt) for r in chunk], [r.target_new for r in chunk]).to(model.device)
             for layer, (k, g) in keys_and_gradients(model, modules, batch, config.positions).items():
                 keys[layer].append(k)
                 gradients[layer].append(g)

@@ -144,7 +144,7 @@ class Grace:
         """Add (or expand, or split) codebook entries so each request's target is predicted."""
         module = self._module(model)
         for request in requests:  # one at a time: later requests see earlier entries
-            batch = build_target_batch(model.tokenizer, [request.prompt], [request.target_new]).to(model.device)
+            batch = build_target_batch(model.tokenizer, [model.format_prompt(request.prompt)], [request.target_new]).to(model.device)
             positions = batch.target_positions[0]
             keys, outputs = _capture(model, module, batch, positions)
             values = self._train_values(model, module, batch, positions, outputs)
@@ -311,13 +311,15 @@ def calibrate_radius(
 
 @torch.no_grad()
 def last_token_keys(model: Any, module: torch.nn.Module, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-    """The module's input at each prompt's last token (float32, on the CPU)."""
+    """The module's input at each prompt's last token, the prompt as the model is asked it
+    (float32, on the CPU)."""
     tokenizer = model.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     keys = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(model.device)
+            chunk = [model.format_prompt(p) for p in prompts[start : start + batch_size]]
+            batch = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
             last = batch["attention_mask"].sum(dim=1) - 1
             seen: dict[str, torch.Tensor] = {}
 

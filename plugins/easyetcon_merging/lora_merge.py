@@ -201,7 +201,7 @@ def train_lora_adapter(
     torch_model = model.torch_model
     transposed = model.adapter.is_transposed(torch_model.get_submodule(modules[0]))
     settings = lora_config(modules, rank=config.rank, alpha=config.effective_alpha, fan_in_fan_out=transposed)
-    batch = build_target_batch(model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
+    batch = build_target_batch(model.tokenizer, [model.format_prompt(r.prompt) for r in requests], [r.target_new for r in requests])
     batch = batch.to(model.device)
     was_training = torch_model.training
     loss_value = None

@@ -44,7 +44,7 @@ class FineTuneLast:
         from easyetcon.training import clamp_to_box, masked_token_nll, trainable_only
 
         name = self._weight_name(model)
-        batch = build_target_batch(model.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
+        batch = build_target_batch(model.tokenizer, [model.format_prompt(r.prompt) for r in requests], [r.target_new for r in requests])
         batch = batch.to(model.device)
         with trainable_only(model.torch_model, [name]) as (weight,):
             original = weight.detach().clone()
