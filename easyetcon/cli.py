@@ -1,5 +1,5 @@
-"""The ``easyetcon`` command line. Core commands: ``plugins``, ``edit``, ``undo``, ``journal``;
-plugins add more through the ``easyetcon_register_commands`` hook."""
+"""The ``easyetcon`` command line. Core commands: ``plugins``, ``edit``, ``undo``, ``journal``,
+``convert-hparams``, ``export``, ``apply``; plugins add more through the ``easyetcon_register_commands`` hook."""
 
 from __future__ import annotations
 
@@ -420,6 +420,111 @@ def request_ids_cell(ids: list[str]) -> str:
     shown = ", ".join(ids[:JOURNAL_IDS_SHOWN])
     more = len(ids) - JOURNAL_IDS_SHOWN
     return f"{shown}, … (+{more} more; --json lists all)" if more > 0 else shown
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="The file to write (new), e.g. edits.safetensors.")
+def export_command(run_dir: str, out_file: str) -> None:
+    """Write the net change of RUN_DIR's edits to one file.
+
+    The file (safetensors) holds low-rank changes (ROME, MEMIT, AlphaEdit, EMMET) as factors, other changes whole, and
+    memory stores with their entries; its metadata names the base model's hash and every
+    weight's final digest. RUN_DIR/model is first checked against the journal.
+    """
+    from easyetcon.deltas import build_export
+    from easyetcon.errors import ExportError, JournalError
+    from easyetcon.files import locked_folder
+    from easyetcon.journal import APPLIED, Journal
+    from easyetcon.model import load_model
+
+    run, out = Path(run_dir), Path(out_file)
+    _require_new_file(out)
+    if not (run / "journal").is_dir():
+        raise click.UsageError(f"{run_dir!r} has no journal/ folder; pass the --out folder of 'easyetcon edit'")
+    with locked_folder(run):  # no undo can swap RUN_DIR/model while it is read
+        journal = Journal.open(run / "journal")
+        if not (run / "model").is_dir():
+            raise click.UsageError(
+                f"{run_dir!r} has a journal but no saved model (an 'easyetcon eval' run keeps only its "
+                f"journal): replay it onto the base model from Python with Journal.replay, then use "
+                f"easyetcon.deltas.build_export"
+            )
+        if not journal.entries(APPLIED):
+            raise ExportError(f"nothing to export: every step of {run_dir!r}'s journal is undone; {str(out)!r} was not written")
+        model = load_model(run / "model", dtype="auto")
+        try:
+            export = build_export(journal, model, what=f"the saved model {str(run / 'model')!r}")
+        except JournalError as error:
+            raise JournalError(f"{error}. Nothing was written") from error
+        _require_new_file(out)  # another command may have written it meanwhile
+        export.save(out)
+    run_summary = export.document["run"]
+    console.print(f"exported {describe_export(export)} from {run_summary['steps']} applied step(s) ({run_summary['requests']} request(s))")
+    dense = f" (the changed weights whole: {export.dense_bytes():,} bytes)" if export.weights else ""
+    console.print(f"wrote {out}: {out.stat().st_size:,} bytes{dense}")
+    console.print(f"made for base model {export.base_model[:16]} ({export.dtype})")
+
+
+def describe_export(export: Any) -> str:
+    """``3 weight(s) (2 factored, 1 whole)``, and the memory stores, where there are any."""
+    counts = export.counts()
+    parts = [f"{len(export.weights)} weight(s) ({counts['factored']} factored, {counts['whole']} whole)"] if export.weights else []
+    if counts["stores"]:
+        parts.append(f"{counts['stores']} memory store(s) ({counts['entries']} entries)")
+    return " and ".join(parts) or "no change (the applied steps left every weight as it was)"
+
+
+def _require_new_file(path: Path) -> None:
+    if path.exists():
+        raise click.UsageError(f"--out {str(path)!r} exists; choose a new file")
+    if not path.absolute().parent.is_dir():
+        raise click.UsageError(f"--out {str(path)!r}: the folder {str(path.absolute().parent)!r} does not exist")
+
+
+@cli.command(name="apply")
+@click.argument("model_name", metavar="MODEL")
+@click.argument("export_file", metavar="EXPORT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edited model (new or empty).")
+def apply_command(model_name: str, export_file: str, out_dir: str) -> None:
+    """Apply an edit export to another copy of its base model.
+
+    EXPORT is a file written by `easyetcon export`. MODEL (a folder, model name or hub id) must
+    be the base model of its run, bit for bit; every rebuilt weight is checked against its
+    final digest before anything is written. Writes OUT/model, and OUT/memory.safetensors when
+    the export has memory stores.
+    """
+    from easyetcon.deltas import MEMORY_FILE, apply_export, read_export
+    from easyetcon.files import locked_folder, remove_abandoned_staging, staging_folder
+    from easyetcon.model import load_model
+
+    out = Path(out_dir).absolute()
+    _require_empty_output(out)
+    export = read_export(export_file)  # a damaged file is refused before the model is loaded
+    try:
+        with locked_folder(out):
+            for removed in remove_abandoned_staging(out.parent):
+                console.print(f"removed {removed}, left behind by an interrupted run")
+            _require_empty_output(out)
+            model = load_model(model_name, dtype=export.dtype)
+            console.print(f"loaded {type(model.torch_model).__name__} from {model_name} (adapter {model.adapter.name})")
+            apply_export(model, export, what=repr(model_name))
+            with staging_folder(out.parent, out.name) as staging:
+                built = staging / "applied"
+                model.save_pretrained(built / "model")
+                if export.memories:
+                    export.memory_only().save(built / MEMORY_FILE)
+                os.rename(built, out)  # replaces the empty OUT in one step
+    except KeyboardInterrupt:
+        if (out / "model").is_dir():
+            exit_interrupted(f"the edited model had been saved in {str(out)!r}")
+        exit_interrupted(f"{str(out)!r} was not written; to start again: {command_line()}")
+    checked = "; every weight matches its final digest" if export.weights else ""
+    console.print(f"applied {describe_export(export)}{checked}")
+    console.print(f"saved edited model to {out / 'model'}")
+    if export.memories:
+        console.print(f"saved its memory stores to {out / MEMORY_FILE}; easyetcon.deltas.load_applied loads both")
 
 
 _commands_registered = False

@@ -56,3 +56,7 @@ class JournalError(EasyEtconError):
 
 class UndoError(EasyEtconError):
     """An edit record cannot be undone bit-exactly (e.g. a later step changed the same weights)."""
+
+
+class ExportError(EasyEtconError):
+    """An edit export (``easyetcon export``) is damaged, or does not fit the model it is applied to."""

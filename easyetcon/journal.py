@@ -13,8 +13,8 @@ Each line carries a checksum of its own content; each step line names the SHA-25
 file of its record folder, which is checked before the file is used. A step's folder stores the
 *base* value (the unedited model's) of each weight this journal had not touched before, and per
 changed weight either low-rank factors or the whole new value; every ``checkpoint_every``-th
-factored change of a weight stores the whole value instead, so rebuilding any state replays at
-most that many updates. A line cut off by a crash is ignored (and dropped at the next write).
+factored change of a weight also stores the whole value (its form is then ``full``), so
+rebuilding any state replays at most that many updates. A line cut off by a crash is ignored (and dropped at the next write).
 """
 
 from __future__ import annotations
@@ -466,8 +466,9 @@ class Journal:
                     break
                 factored += 1
             if factored + 1 >= self.checkpoint_every:
+                # The factors stay beside the whole value (they are small), so an export of the
+                # run's net change (easyetcon.deltas) can still store it factored.
                 change.full = model.parameter(name).detach().to("cpu", copy=True)
-                change.factors = None
 
     def set_status(self, positions: Sequence[int], status: str) -> None:
         Status(status)
@@ -535,7 +536,7 @@ class Journal:
                 try:
                     if info["form"] == "full":
                         change.full = full[name]
-                    else:
+                    if info.get("ranks"):  # a factored change, or a checkpoint that kept its factors
                         change.factors = [
                             (factors[f"{name}/{i}/left"], factors[f"{name}/{i}/right"]) for i in range(len(info["ranks"]))
                         ]

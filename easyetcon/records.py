@@ -110,7 +110,8 @@ class TensorChange:
     """How one parameter changed in one step.
 
     ``factors`` (low-rank updates applied in order) or ``full`` (the whole new value) rebuilds
-    the new value from the old; ``before`` and ``after`` are :func:`tensor_digest` values.
+    the new value from the old; ``before`` and ``after`` are :func:`tensor_digest` values. A
+    journal checkpoint keeps both (its form is ``full``: the whole value is what rebuilds it).
     """
 
     before: str
@@ -121,9 +122,9 @@ class TensorChange:
 
     @property
     def form(self) -> str:
-        if self.factors is not None:
-            return "factors"
-        return "full" if self.full is not None else self.released_form or "full"
+        if self.full is not None:
+            return "full"
+        return "factors" if self.factors is not None else self.released_form or "full"
 
     def release(self) -> None:
         """Drop the tensors (kept in a journal); the digests and the form stay."""
