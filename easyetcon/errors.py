@@ -56,3 +56,9 @@ class JournalError(EasyEtconError):
 
 class UndoError(EasyEtconError):
     """An edit record cannot be undone bit-exactly (e.g. a later step changed the same weights)."""
+
+
+class OffloadedWeightError(EasyEtconError):
+    """A weight an editor needs is offloaded by accelerate: it lives on the ``meta`` device and is
+    loaded from CPU memory or disk only during its module's forward pass, so it cannot be edited
+    in place (see :mod:`easyetcon.devices`)."""
