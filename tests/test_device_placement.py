@@ -33,7 +33,7 @@ from easyetcon.locate.layers import trace_mlp_effects
 from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.text import build_target_batch
 from tests.consolidation.helpers import LetterReward
-from tests.intrinsic.helpers import STRONG_VALUES, sectioned, subject_final_requests
+from tests.intrinsic.helpers import STRONG_VALUES, TINY_STATISTICS, sectioned, subject_final_requests
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +53,16 @@ def questions():
     return [r.model_copy(update={"metadata": {"qa_prompts": [f"Question: {r.prompt}? Answer:"]}}) for r in tiny_requests()[:1]]
 
 
+#: Statistics collected by each model itself: a cache would hand the dispatched model the plain one's.
+VALUES = {**STRONG_VALUES, "statistics": {**TINY_STATISTICS, "cache": False}}
+
 #: Every built-in editor with options that run in about a second on a tiny model (those of the
 #: conformance suite, fewer steps: the edit need not land, only be the same), and its requests.
 EDITS = {
-    "rome": (sectioned({**STRONG_VALUES, "layer": 1, "kl_factor": 0.5}), subject_final_requests),
-    "memit": (sectioned({**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0}), subject_final_requests),
-    "alphaedit": (sectioned({**STRONG_VALUES, "layers": [0, 1], "learning_rate": 0.5}), subject_final_requests),
-    "emmet": (sectioned({**STRONG_VALUES, "layers": [0, 1]}), subject_final_requests),
+    "rome": (sectioned({**VALUES, "layer": 1, "kl_factor": 0.5}), subject_final_requests),
+    "memit": (sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0}), subject_final_requests),
+    "alphaedit": (sectioned({**VALUES, "layers": [0, 1], "learning_rate": 0.5}), subject_final_requests),
+    "emmet": (sectioned({**VALUES, "layers": [0, 1]}), subject_final_requests),
     "ultraedit": ({"learning_rate": 0.01, "layers": [0, 1, 2], "module": "mlp_out"}, subject_final_requests),
     "ft-l": ({"steps": 5, "learning_rate": 0.05, "layers": [1]}, subject_final_requests),
     "ft-m": ({"steps": 5, "learning_rate": 0.05, "layers": [1, 2], "modules": ["mlp_in", "mlp_out"]}, subject_final_requests),
@@ -276,7 +279,7 @@ def test_value_optimisation_on_a_model_split_over_devices_reads_full_logits(edit
 #: Editors that write block 1's MLP weights, with options that write nothing else.
 WRITING_BLOCK_1 = {
     "rome": EDITS["rome"],
-    "memit": (sectioned({**STRONG_VALUES, "layers": [1, 2], "covariance_weight": 1.0}), subject_final_requests),
+    "memit": (sectioned({**VALUES, "layers": [1, 2], "covariance_weight": 1.0}), subject_final_requests),
     "ultraedit": ({"learning_rate": 0.01, "layers": [1], "module": "mlp_out"}, subject_final_requests),
     "ft-m": EDITS["ft-m"],
     "lora-merge": EDITS["lora-merge"],
