@@ -71,7 +71,7 @@ def add_to_output(module: nn.Module, positions: Sequence[int], delta: torch.Tens
         rows = torch.arange(len(positions), device=hidden.device)
         cols = torch.tensor(list(positions), device=hidden.device)
         shift = torch.zeros_like(hidden)
-        shift[rows, cols] = delta.to(hidden.dtype)
+        shift[rows, cols] = delta.to(device=hidden.device, dtype=hidden.dtype)
         edited = hidden + shift
         return (edited, *output[1:]) if isinstance(output, tuple) else edited
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 import torch
 
+from easyetcon.devices import require_on_device
 from easyetcon.errors import ChainStepError, ConfigError, EasyEtconError, StepVetoed, UndoError
 from easyetcon.journal import ROLLED_BACK, UNDONE, Journal
 from easyetcon.plugins import PluginHost, get_host
@@ -121,12 +122,17 @@ class ChainResult:
 
 
 def prepare_editors(steps: Sequence[ChainStep], model: Any, requests: Sequence[EditRequest]) -> None:
-    """Call each editor's optional ``prepare`` (see :class:`~easyetcon.protocols.PreparedEditor`)."""
+    """Call each editor's optional ``prepare`` (see :class:`~easyetcon.protocols.PreparedEditor`).
+    On a model with offloaded weights, first check that no step writes one, so that does not
+    fail only after the statistics are read."""
+    offloaded = any(p.device.type == "meta" for p in model.torch_model.parameters())
     for index, step in enumerate(steps):
         prepare = getattr(step.editor, "prepare", None)
-        if not callable(prepare):
-            continue
         try:
+            if offloaded and step.info.family is not Family.MEMORY:
+                require_on_device(model, step.editor.weights_to_edit(model, list(requests)))
+            if not callable(prepare):
+                continue
             prepare(model, list(requests))
         except (EasyEtconError, ValueError, RuntimeError) as error:
             request_ids = [r.request_id for r in requests]
@@ -308,6 +314,7 @@ class EditChain:
                     raise NonFiniteEditError(f"memory store {step.name!r} got non-finite values: {', '.join(bad[:3])}")
             else:
                 names = list(step.editor.weights_to_edit(model, requests))
+                require_on_device(model, names)
                 before = snapshot_weights(model, names)
                 model._low_rank_listeners.append(collect)
                 try:

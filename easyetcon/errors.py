@@ -60,3 +60,9 @@ class UndoError(EasyEtconError):
 
 class ExportError(EasyEtconError):
     """An edit export (``easyetcon export``) is damaged, or does not fit the model it is applied to."""
+
+
+class OffloadedWeightError(EasyEtconError):
+    """A weight an editor needs is offloaded by accelerate: it lives on the ``meta`` device and is
+    loaded from CPU memory or disk only during its module's forward pass, so it cannot be edited
+    in place (see :mod:`easyetcon.devices`)."""

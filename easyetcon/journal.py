@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from easyetcon.devices import state_tensors
 from easyetcon.errors import JournalError, UndoError
 from easyetcon.records import (
     EditRecord,
@@ -157,7 +158,7 @@ def _drop_torn_tail(path: Path, intact: int) -> None:
 
 def model_digests(model: Any) -> dict[str, str]:
     """:func:`~easyetcon.records.tensor_digest` of every parameter and buffer, by name."""
-    return {name: tensor_digest(t) for name, t in sorted(model.torch_model.state_dict().items())}
+    return {name: tensor_digest(t) for name, t in sorted(state_tensors(model.torch_model).items())}
 
 
 def _save_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor], files: dict[str, str]) -> None:

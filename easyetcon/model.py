@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from easyetcon.adapters import ArchitectureAdapter, resolve_adapter
+from easyetcon.devices import execution_device, state_tensors
 from easyetcon.errors import ConfigError, EasyEtconError, UnknownNameError
 from easyetcon.hub import HUB_ID
 from easyetcon.prompting import PromptFormat
@@ -118,7 +119,14 @@ class EditableModel:
     # ---- weights ---------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.torch_model.parameters()).device
+        """Where token ids go: the device the input embeddings compute on. With a ``device_map``
+        the blocks may sit elsewhere; a tensor made for one module goes on that module's
+        :func:`~easyetcon.devices.execution_device` instead."""
+        try:
+            embeddings = self.adapter.embed_module(self.torch_model)
+        except (AttributeError, NotImplementedError):  # no embeddings the adapter can name
+            embeddings = self.torch_model
+        return execution_device(embeddings)
 
     def parameter(self, name: str) -> nn.Parameter:
         """The parameter called ``name``; an error lists close names when it does not exist."""
@@ -160,7 +168,7 @@ class EditableModel:
     def state_hash(self) -> str:
         """SHA-256 over every parameter and buffer, in name order: equal hashes, equal weights."""
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.torch_model.state_dict().items()):
+        for name, tensor in sorted(state_tensors(self.torch_model).items()):
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())
             digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())

@@ -132,7 +132,7 @@ class TensorChange:
         self.factors = self.full = None
 
     def rebuild(self, before: torch.Tensor) -> torch.Tensor:
-        """The new value, from the old one (a CPU tensor)."""
+        """The new value, from the old one (computed on its device; ``before`` is not changed)."""
         if self.released_form is not None:
             raise JournalError("this change's tensors were released to the journal; load its record with Journal.record")
         return self.full if self.full is not None else apply_factors(before, self.factors or [])
@@ -347,7 +347,8 @@ class EditRecord:
         if self.weights is not None:
             changes = self.weights.changes
             check_digests(model, {n: c.before for n, c in changes.items()}, "replay")
-            rebuilt = {n: c.rebuild(model.parameter(n).detach().to("cpu")) for n, c in changes.items()}
+            # on each weight's device: the factors were checked there to reproduce the edit bit for bit
+            rebuilt = {n: c.rebuild(model.parameter(n).detach()) for n, c in changes.items()}
             wrong = [n for n, value in rebuilt.items() if tensor_digest(value) != changes[n].after]
             if wrong:
                 raise JournalError(

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.errors import ConfigError
 from easyetcon.activations import StopForward
+from easyetcon.devices import execution_device
 from easyetcon.text import pad_id_of, pad_rows
 
 CACHE_ENV = "EASYETCON_CACHE"
@@ -418,6 +419,7 @@ def collect_second_moments(
     layers = sorted(set(layers))
     torch_model, tokenizer, adapter = model.torch_model, model.tokenizer, model.adapter
     modules = {layer: adapter.module(torch_model, "mlp_out", layer) for layer in layers}
+    devices = {layer: execution_device(module) for layer, module in modules.items()}
     sums = {layer: KeyMomentSum() for layer in layers}
     # "rows": flat indices of the batch's real tokens, or None when it has no padding. Absent
     # outside our own forward passes (e.g. a lazy text source generating).
@@ -428,10 +430,11 @@ def collect_second_moments(
         def hook(_module: Any, args: tuple) -> None:
             if "rows" not in batch_state:
                 return
-            hidden = args[0]
+            # on the layer's device (a pre-hook sees its input before accelerate moves it there)
+            hidden = args[0].to(devices[layer])
             keys = hidden.reshape(-1, hidden.shape[-1])
             if batch_state["rows"] is not None:
-                keys = keys.index_select(0, batch_state["rows"])
+                keys = keys.index_select(0, batch_state["rows"].to(keys.device))
             sums[layer].add(keys)
             if layer == deepest:
                 raise StopForward

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from easyetcon.errors import ConfigError
+from easyetcon.devices import current_value
 from easyetcon.text import encode_continuation, locate_subject_tokens
 from easyetcon.activations import forward_hook, output_tensor
 
@@ -60,7 +61,7 @@ def trace_mlp_effects(
     torch_model, tokenizer, adapter = model.torch_model, model.tokenizer, model.adapter
     num_layers = adapter.num_layers(torch_model)
     embed = adapter.embed_module(torch_model)
-    scale = noise_scale * float(embed.weight.float().std())
+    scale = noise_scale * float(current_value(embed).float().std())  # offloaded embeddings are read from accelerate's map
     generator = torch.Generator().manual_seed(seed)
     effects = torch.zeros(num_layers, dtype=torch.float64)
     for request in requests:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from easyetcon.activations import add_to_output, capture_input, capture_output, run_forward
+from easyetcon.devices import execution_device, runs_on_one_device
 from easyetcon.errors import EasyEtconError
 from easyetcon.locate.keys import FactToken, LocatedRequest, fact_positions
 from easyetcon.text import build_target_batch, pad_id_of, pad_rows
@@ -156,14 +157,16 @@ def logits_at(torch_model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     NLL read a few positions): transformers' ``logits_to_keep`` skips it elsewhere. A model
     without it, or one that reads a 2-D index otherwise, gets the full logits, gathered."""
     rows = torch.arange(len(keep), device=keep.device)[:, None]
-    try:
-        logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
-        if tuple(logits.shape[:2]) == tuple(keep.shape):
-            return logits
-    except TypeError:  # no logits_to_keep argument
-        pass
+    # a model split over devices gets the index on its first device while the last hidden states sit on another
+    if runs_on_one_device(torch_model):
+        try:
+            logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+            if tuple(logits.shape[:2]) == tuple(keep.shape):
+                return logits
+        except TypeError:  # no logits_to_keep argument
+            pass
     logits = torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return logits[rows, keep]
+    return logits[rows, keep.to(logits.device)]
 
 
 #: Per model: whether its suffix passes agreed with full passes (checked once, on its first value optimisation).
@@ -224,7 +227,9 @@ class ForwardPasses:
                 return
             shape = (len(rows),) + (1,) * (keys.dim() - 3) + (width, 1)
             # a row whose fact token comes first has only padding here: zero it, so no NaN can leak
-            prefix.append((keys.masked_fill(padding.view(shape), 0), values.masked_fill(padding.view(shape), 0)))
+            # (each layer's cache is on that layer's device)
+            pad = padding.view(shape).to(keys.device)
+            prefix.append((keys.masked_fill(pad, 0), values.masked_fill(pad, 0)))
         suffix_ids, suffix_mask = pad_rows([row[p:] for row, p in zip(rows, self.positions)], pad_id)
         self.suffix_ids = suffix_ids.to(device)
         self.suffix_attention_mask = torch.cat([prefix_mask, suffix_mask.to(device)], dim=1)
@@ -244,18 +249,22 @@ class ForwardPasses:
         # the capture, registered first, sees the output before δ is added
         with capture_output(module) as outputs, add_to_output(module, positions, delta):
             if suffix:
+                by_index = runs_on_one_device(self.torch_model)  # as in logits_at
                 logits = self.torch_model(
                     input_ids=self.suffix_ids, attention_mask=self.suffix_attention_mask,
-                    position_ids=self.suffix_position_ids, use_cache=True, logits_to_keep=self.suffix_keep,
+                    position_ids=self.suffix_position_ids, use_cache=True, logits_to_keep=self.suffix_keep if by_index else 0,
                     **{self.cache_argument: self.cache_type(ddp_cache_data=self.prefix)},
                 ).logits
+                if not by_index:
+                    keep = self.suffix_keep.to(logits.device)
+                    logits = logits[torch.arange(len(keep), device=keep.device)[:, None], keep]
             else:
                 logits = logits_at(self.torch_model, self.input_ids, self.attention_mask, self.keep)
         return logits, outputs[0][0, positions[0]]
 
     def suffix_agrees(self, module: nn.Module, width: int) -> bool:
         """Whether a suffix pass gives a full pass's logits (no gradients, ``δ = 0`` of ``width``)."""
-        delta = torch.zeros(width, device=self.input_ids.device)
+        delta = torch.zeros(width, device=execution_device(module))
         try:
             with torch.no_grad():
                 full, _ = self.run(module, delta, suffix=False)
@@ -309,7 +318,7 @@ def optimise_value(
         passes = ForwardPasses(torch_model, rows, positions, keep, pad_id_of(tokenizer), model.device, last_attention)
         # δ lives in the residual stream, as wide as any MLP's output (ROME's module is one, MEMIT's a block)
         residual_width = model.adapter.in_out_features(model.adapter.module(torch_model, "mlp_out", 0))[1]
-        delta = torch.zeros(residual_width, device=model.device, requires_grad=True)
+        delta = torch.zeros(residual_width, device=execution_device(module), requires_grad=True)  # where δ is added
         if passes.can_split and torch_model not in _SUFFIX_PASSES_AGREE:
             # checked apart from the optimisation, so every request's passes are the same whatever came before
             _SUFFIX_PASSES_AGREE[torch_model] = passes.suffix_agrees(module, residual_width)
@@ -334,7 +343,7 @@ def optimise_value(
             nll_value = float(nll.detach())
             if nll_value < settings.stop_nll or step == settings.steps:  # the last pass only measures
                 break
-            loss = nll + settings.weight_decay * (delta.norm() / original.norm()) ** 2
+            loss = nll + (settings.weight_decay * (delta.norm() / original.norm()) ** 2).to(nll.device)
             if reference is not None:
                 kl = torch.nn.functional.kl_div(essence_log_probs(logits), reference, log_target=True, reduction="batchmean")
                 loss = loss + settings.kl_factor * kl

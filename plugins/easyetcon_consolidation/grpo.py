@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from easyetcon.errors import ConfigError, EasyEtconError, RequestError, UnknownNameError
+from easyetcon.errors import ConfigError, EasyEtconError, OffloadedWeightError, RequestError, UnknownNameError
 from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
 from easyetcon.training import trainable_only
@@ -118,6 +118,8 @@ class GRPOConsolidation:
         return rows
 
     def edit(self, model: Any, requests: Sequence[EditRequest]) -> None:
+        if self.state.fires_next():
+            require_head_on_device(model)
         chosen = self.state.advance(requests)
         if chosen is None:
             return
@@ -171,6 +173,18 @@ class GRPOConsolidation:
                     net.__dict__.pop("forward", None)
                 else:
                     net.forward = saved_forward
+
+
+def require_head_on_device(model: Any) -> None:
+    """TRL's fused log-prob head multiplies by the LM head's weight itself, outside the head's
+    forward, so accelerate never loads an offloaded head's weight for it: refuse, saying so."""
+    head = model.adapter.lm_head_module(model.torch_model)
+    if head.weight.device.type == "meta":
+        raise OffloadedWeightError(
+            f"grpo cannot train a model whose LM head ({model.adapter.lm_head}) accelerate offloaded: TRL's "
+            f"GRPOTrainer reads the head's weight directly, and it lives on the meta device. Load the LM head "
+            f"(and the embeddings, if tied to it) onto a device in device_map"
+        )
 
 
 def trainer_arguments(config: GRPOConsolidationConfig, output_dir: str, *, use_cpu: bool) -> Any:

@@ -43,6 +43,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from easyetcon.devices import execution_device
 from easyetcon.errors import JournalError
 from easyetcon.protocols import LastEditState
 from easyetcon.locate import LocateThenEdit, SpanConfig, ValueOptions, with_defaults
@@ -84,7 +85,7 @@ class AlphaEdit(LocateThenEdit):
 
     def solver(self, model: Any, layer: int) -> NullSpaceSolver:
         """The layer's eq.-9 solver: its projector and the running inverse (made once per model,
-        on the layer's weight device, from the statistics of the model it first sees)."""
+        on the device the layer computes on, from the statistics of the model it first sees)."""
         generation, solvers = self._solvers.get(model.torch_model, (None, {}))
         if generation != self.statistics.generation:  # new statistics texts: everything is remade
             solvers = {}
@@ -92,7 +93,7 @@ class AlphaEdit(LocateThenEdit):
         if layer not in solvers:
             # taken: the projector and the inverse are what is kept, not C as well
             moment = self.statistics.take(model, [layer])[layer].mom2
-            device = model.adapter.module(model.torch_model, "mlp_out", layer).weight.device
+            device = execution_device(model.adapter.module(model.torch_model, "mlp_out", layer))
             moment = moment.to(device)
             projector = nullspace_basis(
                 moment, rule=self.config.nullspace_rule, energy_fraction=self.config.energy_fraction,

@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from easyetcon.devices import execution_device
 from easyetcon.errors import JournalError
 from easyetcon.protocols import LastEditState
 from easyetcon.locate.layers import resolve_layers
@@ -104,7 +105,7 @@ def keys_and_gradients(model: Any, modules: dict[int, torch.nn.Module], batch: A
 
     def hook_for(layer: int):
         def hook(_module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            inputs[layer] = args[0].detach()
+            inputs[layer] = args[0].detach().to(output.device)  # a hook sees inputs before accelerate moves them
             probes[layer] = torch.zeros_like(output, requires_grad=True)
             return output + probes[layer]
         return hook
@@ -123,7 +124,11 @@ def keys_and_gradients(model: Any, modules: dict[int, torch.nn.Module], batch: A
             read[row, columns] = True
     else:
         read = batch.attention_mask.bool()
-    return {layer: (inputs[layer][read].float(), gradient[read].float()) for layer, gradient in zip(modules, gradients)}
+    rows = {}
+    for layer, gradient in zip(modules, gradients):  # on each layer's device (the mask is where the token ids are)
+        on_layer = read.to(gradient.device)
+        rows[layer] = (inputs[layer][on_layer].float(), gradient[on_layer].float())
+    return rows
 
 
 def ridge_factors(keys: torch.Tensor, values: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,6 +237,6 @@ class UltraEdit:
                     f"ultraedit's journal state moments.{layer} for request(s) {ids} is not the fp64 count (1,), "
                     f"mean and m2 ({width},) of a {self.config.module} module: the journal is damaged"
                 )
-            device = module.weight.device
+            device = execution_device(module)  # where edit() makes them
             added[layer] = Moments(count.to(device), mean.to(device), m2.to(device))
         self._add_moments(model, [r.request_id for r in requests], added)

@@ -97,7 +97,7 @@ class Codebook:
         """``outputs`` with every position whose input lies within a key's radius replaced by
         that entry's value (the nearest key decides); ``None`` when nothing is in range."""
         keys, values, radii = self.tensors_for(outputs.device, outputs.dtype)
-        flat = inputs.reshape(-1, inputs.shape[-1]).float()
+        flat = inputs.reshape(-1, inputs.shape[-1]).float().to(outputs.device)  # a hook sees inputs before accelerate moves them
         distance, nearest = torch.cdist(flat, keys).min(dim=1)
         hit = distance <= radii[nearest]
         if not bool(hit.any()):
@@ -331,7 +331,7 @@ def last_token_keys(model: Any, module: torch.nn.Module, prompts: Sequence[str],
                 model.torch_model(**batch)
             finally:
                 handle.remove()
-            keys.append(seen["inputs"][torch.arange(len(last)), last].float().cpu())
+            keys.append(seen["inputs"][torch.arange(len(last)), last.to(seen["inputs"].device)].float().cpu())
     finally:
         tokenizer.padding_side = side
     return torch.cat(keys)
