@@ -1,6 +1,8 @@
 """Does an edit made on a float16 or bfloat16 model hold up as it does in float32?
 
     python benchmarks/half_precision.py --model wide --edits 50 --out benchmarks/results/half_precision_wide.json
+    python benchmarks/half_precision.py --model default --configs benchmarks/half_precision_configs_default.json \
+        --editors grace,lora-merge,tpsft --edits 50 --out benchmarks/results/half_precision_default.json
 
 For each dtype the shipped world model is loaded in that dtype, its unedited outputs are the
 baseline (locality is agreement with the same model, unedited, in the same dtype), and every
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from easyetcon_eval import compute_baseline
 
-    editors = parse_editors(args.editors)
+    editors = parse_editors(args.editors, family=None)
     configs = load_configs(args.configs)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     output = {"environment": environment(args), "dtypes": dtypes, "configs": {e: configs.get(e, {}) for e in editors}, "runs": {}}

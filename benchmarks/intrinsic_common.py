@@ -60,11 +60,12 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None)
     return args
 
 
-def parse_editors(text: str) -> list[str]:
-    """Editor names; ``name@label`` is a labelled variant with its own entry in the configs file."""
+def parse_editors(text: str, *, family: str | None = "intrinsic") -> list[str]:
+    """Editor names (of ``family``; ``None``: any); ``name@label`` is a labelled variant with its
+    own entry in the configs file."""
     from easyetcon.plugins import get_host
 
-    known = [info.name for info in get_host().registry.editors("intrinsic")]
+    known = [info.name for info in get_host().registry.editors(family)]
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if editor_name(name) not in known]
     if unknown:
