@@ -185,7 +185,7 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     """Apply a chain of editors to a model and save the edited model with its journal.
 
     Writes OUT/model (save_pretrained) and OUT/journal. The input model is never changed.
-    Under ``accelerate launch`` every process edits its own copy of the model and only the
+    Under `accelerate launch` every process edits its own copy of the model and only the
     main one writes OUT, once all ended with the same weights.
     """
     from easyetcon.dataset_files import load_requests_from

@@ -84,7 +84,7 @@ def test_two_processes_end_with_the_same_weights_and_one_journal(workspace, laun
     base_model = load_model(workspace / "base")
     base, grpo_trained = base_model.state_hash(), base_model.adapter.weight_name("mlp_out", 2)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes even where there are GPUs
     finished = subprocess.run(
         launch_command(launch, [str(workspace / "digests"), "edit", "--chain", str(workspace / "chain.yaml"),
                         "--data", str(workspace / "requests.json"), "--out", str(workspace / "run")]),
