@@ -212,8 +212,13 @@ class EditChain:
         batch_size: int = 1,
         journal: Journal | str | Path | None = None,
         progress: bool = False,
+        release_tensors: bool = False,
     ) -> ChainResult:
         """Run every step on ``requests`` and return the records that undo them.
+
+        ``release_tensors`` drops each record's tensors after its step, as a journal does (for a
+        process that keeps none, such as a second process of ``accelerate launch``); digests stay,
+        and :meth:`ChainResult.undo` still works.
 
         On failure every step this call applied is undone (newest first), the journal marks
         them rolled back, and :class:`~easyetcon.errors.ChainStepError` names the step and the
@@ -257,8 +262,8 @@ class EditChain:
                         result.positions.append(journal.append(record, base=base, model=model))
                     del before
                     self.host.after_step(context, record, record.seconds)
-                    if journal is not None:
-                        record.release_tensors()  # on disk now: memory stays flat over a long apply()
+                    if journal is not None or release_tensors:
+                        record.release_tensors()  # on disk now (or not wanted): memory stays flat over a long apply()
                     bar.update(1)
         except BaseException:  # a failed step, or an interrupt between or inside steps
             write_weights(model, result.originals)

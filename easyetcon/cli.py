@@ -194,17 +194,22 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     """Apply a chain of editors to a model and save the edited model with its journal.
 
     Writes OUT/model (save_pretrained) and OUT/journal. The input model is never changed.
+    Under `accelerate launch` every process edits its own copy of the model and only the
+    main one writes OUT, once all ended with the same weights.
     """
     from easyetcon.dataset_files import load_requests_from
     from easyetcon.model import load_model
     from easyetcon.spec import load_chain_spec
 
+    from easyetcon.distributed import is_main_process, process_count, replica_device_map, require_same_weights
     from easyetcon.files import locked_folder, remove_abandoned_staging, staging_folder
     from easyetcon.journal import Journal
     from easyetcon.requests import require_unique_ids
 
     out = Path(out_dir).absolute()
-    _require_empty_output(out)
+    main_process = is_main_process()
+    if main_process:  # OUT is the main process's alone: the others never look at it
+        _require_empty_output(out)
     # Validate everything cheap before loading the model.
     spec, chain = load_chain_spec(chain_path)
     requests = load_requests_from(data_path, data_format, limit=limit, options=parse_data_options(data_option))
@@ -212,14 +217,19 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     model_source = model_name or spec.model
     if not model_source:
         raise click.UsageError("no model: pass --model or set 'model:' in the chain spec")
+    device_map = replica_device_map(spec.device_map)
+    if not main_process:  # another process of accelerate launch: it edits its replica in step and writes nothing
+        model = load_model(model_source, dtype=dtype or spec.dtype, device_map=device_map, prompt_format=prompt_format_of(spec, context))
+        result = chain.apply(model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size, release_tensors=True)
+        require_same_weights(result)
+        return
     try:
         with locked_folder(out):
             for removed in remove_abandoned_staging(out.parent):
                 console.print(f"removed {removed}, left behind by an interrupted run")
             _require_empty_output(out)  # another run may have finished into it meanwhile
             model = load_model(
-                model_source, dtype=dtype or spec.dtype, device_map=spec.device_map,
-                prompt_format=prompt_format_of(spec, context),
+                model_source, dtype=dtype or spec.dtype, device_map=device_map, prompt_format=prompt_format_of(spec, context),
             )
             console.print(f"loaded {type(model.torch_model).__name__} from {model_source} (adapter {model.adapter.name})")
             # Build the run in a hidden folder beside OUT, then rename it onto OUT in one step, so
@@ -234,6 +244,7 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
                     model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size,
                     journal=journal, progress=True,
                 )
+                require_same_weights(result)
                 model.save_pretrained(built / "model")
                 os.rename(built, out)  # replaces the empty OUT in one step
     except KeyboardInterrupt:
@@ -246,6 +257,8 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
         )
     timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
     console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
+    if process_count() > 1:
+        console.print(f"all {process_count()} processes ended with the same weights")
     console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
 
 

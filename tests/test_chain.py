@@ -52,6 +52,17 @@ def test_weight_record_holds_exact_before_and_after(toy_host, model):
     assert torch.equal(result.originals[name], original)
 
 
+def test_release_tensors_keeps_digests_and_undo_without_a_journal(toy_host, model):
+    """What a second process of accelerate launch, which keeps no journal, runs with."""
+    original = weight(model)
+    result = EditChain([("toy-shift", {"amount": 0.25})]).apply(model, tiny_requests(), release_tensors=True)
+    name = model.adapter.weight_name("mlp_out", 0)
+    assert all(r.weights.changes[name].full is None and r.stored_bytes() == 0 for r in result.records)
+    assert result.records[-1].weights.changes[name].after == tensor_digest(weight(model))
+    result.undo(model)
+    assert torch.equal(weight(model), original)
+
+
 def test_failure_restores_the_model_and_names_step_and_request(toy_host, model, tmp_path):
     original = model.state_hash()
     chain = EditChain(["toy-notes", ("toy-shift", {"fail_on": "tiny-1"})])

@@ -21,7 +21,8 @@ How a block is checked depends on its language, the first word of its info strin
     Every ``easyetcon ...`` command runs in the page's folder and must exit with 0.
     ``python benchmarks/...`` and ``python -m easyetcon_world.build_default`` commands, and
     every command of a ``parse-only`` block, only have their arguments parsed by the real
-    parser (click's or the script's argparse). Any other command needs ``skip-test``.
+    parser (click's or the script's argparse); ``accelerate launch ... -m easyetcon.cli ...``
+    (parse-only) by accelerate's parser and the CLI's. Any other command needs ``skip-test``.
 ``text``
     Output samples, file listings and equations: not code, not collected.
 
@@ -398,6 +399,9 @@ def check_shell(block: Block, run: PageRun) -> None:
         elif words[:3] == ["python", "-m", "easyetcon_world.build_default"]:
             assert block.parse_only, f"`{shlex.join(words)}` trains a model: mark the block parse-only"
             parse_script("easyetcon_world.build_default", words[3:])
+        elif words[:2] == ["accelerate", "launch"]:
+            assert block.parse_only, f"`{shlex.join(words)}` starts several processes: mark the block parse-only"
+            parse_accelerate_launch(words[2:])
         else:
             raise AssertionError(f"this test cannot check `{shlex.join(words)}`: mark the block skip-test: REASON")
 
@@ -425,6 +429,18 @@ def parse_easyetcon(args: list[str]) -> None:
         name, command, rest = command.resolve_command(context, rest)
         command = lenient_paths(command)
         context = command.make_context(name, rest, parent=context)
+
+
+def parse_accelerate_launch(args: list[str]) -> None:
+    """``accelerate launch [flags] -m easyetcon.cli ARGS``: the flags by accelerate's own parser,
+    ARGS as an ``easyetcon`` command."""
+    from accelerate.commands.launch import launch_command_parser
+
+    launch = launch_command_parser().parse_args(args)
+    assert launch.module and launch.training_script == "easyetcon.cli", (
+        f"accelerate launch runs {launch.training_script!r}; the docs launch `-m easyetcon.cli`"
+    )
+    parse_easyetcon(launch.training_script_args)
 
 
 def lenient_paths(command: click.Command) -> click.Command:

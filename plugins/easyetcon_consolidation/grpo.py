@@ -10,15 +10,20 @@ In a float16/bfloat16 model the selected weights train through fp32 masters
 
 The KL reference lives in memory (:func:`pre_step_reference`): it shares every frozen weight with
 the policy and holds a snapshot of the trained ones only, so a step neither writes the model to
-disk nor holds a second copy of it. Runs on CPU (``use_cpu``) and on GPUs under
-``accelerate launch`` with one model replica per process (DDP); DeepSpeed and FSDP, which would
-shard the shared weights twice, are not supported.
+disk nor holds a second copy of it. Runs on CPU (``use_cpu``) and, under ``accelerate launch``,
+with one model replica per process (DDP): a step's ``prompts_per_step × group_size`` answers are
+split across the processes and the gradients all-reduced, so every replica takes the same steps.
+DDP leaves the frozen weights alone (:func:`ddp_trains_only`); so does DeepSpeed ZeRO-1/2 in fp32,
+which shards the trained weights' gradients and optimiser state. FSDP, ZeRO-3 and DeepSpeed's
+bf16/fp16, which replace or cast the weights the policy shares with its reference, are refused
+(:func:`refuse_unsupported_launch`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from easyetcon.distributed import process_count
 from easyetcon.errors import ConfigError, EasyEtconError, OffloadedWeightError, RequestError, UnknownNameError
 from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
@@ -87,6 +93,13 @@ class GRPOConsolidationConfig(BaseModel):
 
 class GRPOConsolidation:
     def __init__(self, config: GRPOConsolidationConfig) -> None:
+        refuse_unsupported_launch()
+        answers, processes = config.group_size * config.prompts_per_step, process_count()
+        if answers % processes:
+            raise ConfigError(
+                f"options 'group_size' × 'prompts_per_step' ({answers} answers a step) must split evenly "
+                f"across the {processes} processes of this launch: change one, or the number of processes"
+            )
         self.config = config
         self.state = ScheduleState(config.schedule)
         self.statistics = preservation_statistics(config.weights)
@@ -140,13 +153,14 @@ class GRPOConsolidation:
         saved_generation = net.generation_config.to_dict() if net.generation_config is not None else None
         saved_forward = net.__dict__.get("forward")
         # the Trainer creates its output folder even though it saves nothing there (save_strategy "no")
-        with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch:
-            arguments = trainer_arguments(config, scratch, use_cpu=model.device.type == "cpu")
+        use_cpu = model.device.type == "cpu"
+        with tempfile.TemporaryDirectory(prefix="easyetcon-grpo-") as scratch, accelerate_on_plain_cpu(use_cpu):
+            arguments = trainer_arguments(config, scratch, use_cpu=use_cpu)
             transformers_logger = logging.getLogger("transformers")
             level = transformers_logger.level
             transformers_logger.setLevel(logging.ERROR)
             try:
-                with trainable_only(net, names), preserving_outputs(model, config.weights, self.statistics):
+                with trainable_only(net, names), preserving_outputs(model, config.weights, self.statistics), ddp_trains_only(net, names):
                     with trl_loads_reference(reference):
                         trainer = GRPOTrainer(
                             model=net,
@@ -195,7 +209,8 @@ def trainer_arguments(config: GRPOConsolidationConfig, output_dir: str, *, use_c
         output_dir=output_dir,
         use_cpu=use_cpu,
         num_generations=config.group_size,
-        per_device_train_batch_size=config.group_size * config.prompts_per_step,
+        # a step's answers split across the processes of accelerate launch (checked to divide evenly)
+        per_device_train_batch_size=config.group_size * config.prompts_per_step // process_count(),
         max_completion_length=config.max_completion_tokens,
         max_steps=config.steps,
         learning_rate=config.learning_rate,
@@ -218,6 +233,73 @@ def trainer_arguments(config: GRPOConsolidationConfig, output_dir: str, *, use_c
         bf16=False,
         fp16=False,
     )
+
+
+def refuse_unsupported_launch() -> None:
+    """Raise :class:`ConfigError` under an ``accelerate launch`` that this editor cannot run in:
+    FSDP or DeepSpeed ZeRO-3, which replace the model's parameters with shards (also the frozen
+    ones the KL reference shares with the policy), or DeepSpeed with bf16/fp16, which casts the
+    model's weights in place (half-precision weights train here through fp32 masters instead).
+    DeepSpeed ZeRO-1/2 in fp32 shards only the trained weights' gradients and optimiser state."""
+    from accelerate.utils import DeepSpeedPlugin, parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        problem = "FSDP, which replaces the model's parameters with shards"
+    elif parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        plugin = DeepSpeedPlugin()  # the stage and precision accelerate launch (or its config file) set
+        precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        precision = next((kind for kind in ("bf16", "fp16") if (plugin.deepspeed_config.get(kind) or {}).get("enabled") is True), precision)
+        if plugin.zero_stage == 3:
+            problem = "DeepSpeed ZeRO-3, which replaces the model's parameters with shards"
+        elif precision != "no":
+            problem = f"DeepSpeed with mixed precision {precision}, which casts the model's weights in place"
+        else:
+            return
+    else:
+        return
+    raise ConfigError(
+        f"GRPO consolidation does not run under {problem} (its KL reference shares the policy's frozen "
+        f"weights, and every step must leave the weights it does not train as they were). Launch one model "
+        f"replica per process (accelerate launch --multi_gpu) or DeepSpeed ZeRO-1/2 with --mixed_precision no; "
+        f"set the model's dtype in the chain spec instead (see 'Several processes and GPUs' in docs/consolidation.md)"
+    )
+
+
+@contextmanager
+def accelerate_on_plain_cpu(use_cpu: bool) -> Iterator[None]:
+    """While active, accelerate puts a CPU run of several processes on device ``cpu``, not its
+    ``cpu:0``: ``tensor.to("cpu:0")`` copies a tensor that is on ``cpu``, so the Trainer's move of
+    the model would give every weight new storage, frozen ones included. No-op off CPU."""
+    variable = "ACCELERATE_TORCH_DEVICE"
+    if not use_cpu or variable in os.environ:
+        yield
+        return
+    os.environ[variable] = "cpu"
+    try:
+        yield
+    finally:
+        os.environ.pop(variable, None)
+
+
+@contextmanager
+def ddp_trains_only(net: nn.Module, trained: Sequence[str]) -> Iterator[None]:
+    """While active, DistributedDataParallel (as the Trainer wraps ``net`` under ``accelerate launch``)
+    ignores every parameter and buffer but the ``trained`` parameters: it neither broadcasts nor
+    syncs the frozen weights, which are the editor's to leave unwritten (they are the same in every
+    process when the chain before this step was). The trained ones DDP broadcasts from rank 0 at
+    the start and keeps equal through its all-reduced gradients."""
+    trained_names = set(trained)
+    ignored = [name for name, _ in net.named_parameters() if name not in trained_names]
+    ignored += [name for name, _ in net.named_buffers()]
+    previous = net.__dict__.get("_ddp_params_and_buffers_to_ignore")
+    net._ddp_params_and_buffers_to_ignore = ignored  # what DDP.__init__ reads
+    try:
+        yield
+    finally:
+        if previous is None:
+            net.__dict__.pop("_ddp_params_and_buffers_to_ignore", None)
+        else:
+            net._ddp_params_and_buffers_to_ignore = previous
 
 
 def pre_step_reference(net: nn.Module, trained: Sequence[str]) -> nn.Module:

@@ -85,3 +85,36 @@ def test_a_raising_reward_plugin_is_named_and_the_model_restored(host):
 def test_bad_options_are_refused(host, options, field):
     with pytest.raises(ConfigError, match=field):
         host.registry.editor("grpo").create(options)
+
+
+@pytest.mark.parametrize(
+    "environment,problem",
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO-3"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_MIXED_PRECISION": "bf16"},
+         "DeepSpeed with mixed precision bf16"),
+    ],
+    ids=["fsdp", "zero-3", "zero-2-bf16"],
+)
+def test_a_launch_that_would_rewrite_frozen_weights_is_refused_before_the_chain_starts(host, monkeypatch, environment, problem):
+    """What accelerate launch --use_fsdp / --use_deepspeed (or such a config file) sets."""
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"does not run under {problem}, which .*--multi_gpu"):
+        EditChain([("grpo", FAST)])
+
+
+def test_deepspeed_zero_2_in_fp32_is_let_through(host, monkeypatch):
+    for variable, value in {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                            "ACCELERATE_MIXED_PRECISION": "no"}.items():
+        monkeypatch.setenv(variable, value)
+    host.registry.editor("grpo").create(FAST)
+
+
+def test_a_step_whose_answers_do_not_split_across_the_processes_is_refused(host, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"'group_size' × 'prompts_per_step' \(2 answers a step\) must split evenly across the 3 processes"):
+        host.registry.editor("grpo").create(FAST)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    host.registry.editor("grpo").create(FAST)
