@@ -206,3 +206,11 @@ def test_the_shipped_etcon_chain_runs_on_a_request_without_question_prompts(tmp_
     result = chain.apply(model, [stripped], mode="sequential")
     assert [record.editor for record in result.records] == ["tpsft", "grpo"]
     assert model.state_hash() != original
+
+
+def test_tpsft_teaches_a_chat_model_a_reply_on_a_derived_question(host):
+    model = tiny_model(registry=host.registry, chat_template=True)
+    original = model.state_hash()
+    options = {"rounds": 2, "weights": {"layers": [1]}, "prompts": {"cloze": False, "answer_format": "auto"}}
+    result = EditChain([("tpsft", options)]).apply(model, tiny_requests()[:1])
+    assert result.records[0].weights.names and model.state_hash() != original
