@@ -66,3 +66,8 @@ class OffloadedWeightError(EasyEtconError):
     """A weight an editor needs is offloaded by accelerate: it lives on the ``meta`` device and is
     loaded from CPU memory or disk only during its module's forward pass, so it cannot be edited
     in place (see :mod:`easyetcon.devices`)."""
+
+
+class RewardGateError(EasyEtconError):
+    """GRPO's rewards can never be non-zero: no sampled answer of its first group passes the
+    format gate (the answers are not in the answer format the rewards expect)."""

@@ -95,19 +95,23 @@ def pad_rows(
 
 
 def build_target_batch(
-    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, append_eos: bool = False
+    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, append_eos: bool | Sequence[bool] = False
 ) -> TargetBatch:
     """Tokenise ``prompt + " " + target`` pairs for teacher-forced training or scoring. With
-    ``append_eos`` each target ends with the tokenizer's end-of-sequence token, which then counts
-    as a target token (the model learns to stop after the answer)."""
+    ``append_eos`` (for every row, or one flag per row) a target ends with the tokenizer's
+    end-of-sequence token, which then counts as a target token (the model learns to stop after
+    the answer)."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    if append_eos and tokenizer.eos_token_id is None:
+    eos_rows = [append_eos] * len(prompts) if isinstance(append_eos, bool) else list(append_eos)
+    if len(eos_rows) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(eos_rows)} append_eos flags")
+    if any(eos_rows) and tokenizer.eos_token_id is None:
         raise ValueError("append_eos: the tokenizer has no end-of-sequence token")
     rows, labels, prompt_lengths, target_ids = [], [], [], []
-    for prompt, target in zip(prompts, targets):
+    for prompt, target, eos in zip(prompts, targets, eos_rows):
         prompt_ids = tokenizer(prompt)["input_ids"]
-        answer_ids = encode_continuation(tokenizer, target) + ([int(tokenizer.eos_token_id)] if append_eos else [])
+        answer_ids = encode_continuation(tokenizer, target) + ([int(tokenizer.eos_token_id)] if eos else [])
         rows.append(prompt_ids + answer_ids)
         labels.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
         prompt_lengths.append(len(prompt_ids))

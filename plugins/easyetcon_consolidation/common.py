@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from easyetcon.errors import ConfigError
+from easyetcon.questions import derive_question
 from easyetcon.requests import EditRequest
 
 # The key statistics of ROME/MEMIT/AlphaEdit (streamed, cached on disk) serve the preservation term.
@@ -120,6 +121,38 @@ def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerSta
             handle.remove()
 
 
+AnswerFormat = Literal["auto", "tagged", "reply", "continuation"]
+ResolvedAnswerFormat = Literal["tagged", "reply", "continuation"]
+
+
+def answer_format_field() -> Any:
+    """The ``answer_format`` option of TPSFT (``prompts.answer_format``) and GRPO (``answer_format``)."""
+    return Field(
+        default="auto",
+        description="How the model answers a question prompt, which TPSFT teaches and GRPO's format reward "
+        "checks: tagged ('<answer> X </answer>'), reply (a chat model's reply 'X.' ending its turn), "
+        "continuation (a plain continuation ' X.'), or auto: tagged for metadata['qa_prompts'] (the fact "
+        "world teaches the tags), and for a derived or templated question reply when the model is asked "
+        "through its chat template, else continuation.",
+    )
+
+
+def resolve_answer_format(answer_format: AnswerFormat, *, from_request: bool, chat_model: bool) -> ResolvedAnswerFormat:
+    """The answer format of one question prompt: ``from_request`` when it came from the request's
+    ``metadata['qa_prompts']``, ``chat_model`` when the model is asked through its chat template."""
+    if answer_format != "auto":
+        return answer_format
+    if from_request:
+        return "tagged"
+    return "reply" if chat_model else "continuation"
+
+
+def question_completion(target: str, answer_format: ResolvedAnswerFormat) -> str:
+    """What a question prompt is answered with in ``answer_format`` (the end of a chat reply's turn,
+    its end-of-sequence token, is added where the batch is built)."""
+    return f"<answer> {target} </answer>" if answer_format == "tagged" else f"{target}."
+
+
 class PromptSources(BaseModel):
     """Which prompts of a request consolidation trains on (never its rephrase prompts: those
     measure generalisation)."""
@@ -129,35 +162,50 @@ class PromptSources(BaseModel):
     cloze: bool = Field(default=True, description="The edit prompt itself, completed by ' <target>.'")
     questions: bool = Field(
         default=True,
-        description="Question-answer prompts from metadata['qa_prompts'] (the fact world provides them), "
-        "completed by ' <answer> <target> </answer>'.",
+        description="Question prompts: metadata['qa_prompts'] (the fact world provides them), else "
+        "question_template, else one derived from the request (easyetcon.questions), answered in answer_format.",
     )
     question_template: str | None = Field(
         default=None,
-        description="Builds a question prompt from a request without metadata['qa_prompts'], e.g. "
-        "'Question: {prompt}? Answer:' (fields: prompt, subject).",
+        description="Builds the question prompt of a request without metadata['qa_prompts'], e.g. "
+        "'Question: {prompt}? Answer:' (fields: prompt, subject); null derives one (easyetcon.questions).",
     )
+    answer_format: AnswerFormat = answer_format_field()
 
 
-def question_prompts(request: EditRequest, sources: PromptSources) -> list[str]:
-    """The question-answer prompts of ``request`` (possibly none)."""
+def question_forms(
+    request: EditRequest, sources: PromptSources, *, chat_model: bool
+) -> list[tuple[str, ResolvedAnswerFormat]]:
+    """The question prompts of ``request``, each with the answer format it is answered in:
+    ``metadata['qa_prompts']``, else ``question_template``, else a derived question."""
     if not sources.questions:
         return []
-    found = request.metadata.get("qa_prompts") or []
+    found = list(request.metadata.get("qa_prompts") or [])
     if found:
-        return list(found)
-    if sources.question_template:
-        return [sources.question_template.format(prompt=request.prompt, subject=request.subject)]
-    return []
+        prompts = found
+    elif sources.question_template:
+        prompts = [sources.question_template.format(prompt=request.prompt, subject=request.subject)]
+    else:
+        prompts = [derive_question(request)]
+    answer_format = resolve_answer_format(sources.answer_format, from_request=bool(found), chat_model=chat_model)
+    return [(prompt, answer_format) for prompt in prompts]
 
 
-def training_pairs(request: EditRequest, sources: PromptSources) -> list[tuple[str, str]]:
-    """``(prompt, completion)`` pairs teaching the new fact in the selected forms."""
-    pairs = []
+def is_chat_model(model: Any) -> bool:
+    """Whether ``model`` is asked through its chat template (its prompt format's context)."""
+    return model.prompt_format.context == "chat"
+
+
+def training_pairs(
+    request: EditRequest, sources: PromptSources, *, chat_model: bool = False
+) -> list[tuple[str, str, ResolvedAnswerFormat | None]]:
+    """``(prompt, completion, answer format)`` triples teaching the new fact in the selected forms
+    (the cloze prompt's format is None: it is completed as a sentence)."""
+    pairs: list[tuple[str, str, ResolvedAnswerFormat | None]] = []
     if sources.cloze:
-        pairs.append((request.prompt, f"{request.target_new}."))
-    for prompt in question_prompts(request, sources):
-        pairs.append((prompt, f"<answer> {request.target_new} </answer>"))
+        pairs.append((request.prompt, f"{request.target_new}.", None))
+    for prompt, answer_format in question_forms(request, sources, chat_model=chat_model):
+        pairs.append((prompt, question_completion(request.target_new, answer_format), answer_format))
     return pairs
 
 

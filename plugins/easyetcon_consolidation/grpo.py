@@ -33,21 +33,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from easyetcon.distributed import process_count
-from easyetcon.errors import ConfigError, EasyEtconError, OffloadedWeightError, RequestError, UnknownNameError
+from easyetcon.errors import (
+    ConfigError,
+    EasyEtconError,
+    OffloadedWeightError,
+    PluginError,
+    RewardGateError,
+    UnknownNameError,
+)
 from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest
 from easyetcon.training import trainable_only
 from easyetcon_consolidation.common import (
+    AnswerFormat,
     FfnSelection,
     LifelongSchedule,
     PromptSources,
     ScheduleState,
+    answer_format_field,
     ffn_weight_names,
+    is_chat_model,
     preservation_statistics,
     preserving_outputs,
-    question_prompts,
+    question_forms,
 )
-from easyetcon_consolidation.rewards import DEFAULT_WEIGHTS, combine_rewards
+from easyetcon_consolidation.rewards import DEFAULT_WEIGHTS, FORMAT_CHECKS, combine_rewards
 
 
 class GRPOConsolidationConfig(BaseModel):
@@ -56,8 +66,10 @@ class GRPOConsolidationConfig(BaseModel):
     weights: FfnSelection = Field(default_factory=FfnSelection)
     question_template: str | None = Field(
         default=None,
-        description="Question prompt for requests without metadata['qa_prompts'], e.g. 'Question: {prompt}? Answer:'.",
+        description="Question prompt for requests without metadata['qa_prompts'], e.g. 'Question: {prompt}? "
+        "Answer:'; null derives one (easyetcon.questions).",
     )
+    answer_format: AnswerFormat = answer_format_field()
     group_size: int = Field(default=4, description="Answers sampled per prompt (TRL's num_generations); at least 2.")
     prompts_per_step: int = Field(default=2, ge=1, description="Prompts in one optimisation step.")
     steps: int = Field(default=20, ge=1, le=100_000, description="Optimisation steps per consolidation.")
@@ -67,7 +79,11 @@ class GRPOConsolidationConfig(BaseModel):
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the group's answers.")
     max_completion_tokens: int = Field(default=24, ge=1, le=4096)
     rewards: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS), description="Reward name -> weight.")
-    format_gate: str | None = Field(default="format", description="Reward whose 0 zeroes the total; null disables.")
+    format_gate: str | None = Field(
+        default="format",
+        description="Reward whose 0 zeroes the total; null disables. When no answer of the first group passes "
+        "it, GRPO stops with RewardGateError instead of training on zero rewards.",
+    )
     schedule: LifelongSchedule = Field(default_factory=LifelongSchedule)
     seed: int = 0
     progress: bool = Field(default=False, description="Show TRL's progress bar.")
@@ -110,25 +126,69 @@ class GRPOConsolidation:
                 registry.reward(name)
         except UnknownNameError as error:
             raise ConfigError(f"option 'rewards': {error}") from None
-        self.reward = combine_rewards(config.rewards, registry.reward, format_gate=config.format_gate)
+
+        def lookup(answer_format: str) -> Callable[[str], Callable]:
+            # the built-in `format` reward checks each prompt's own answer format
+            return lambda name: FORMAT_CHECKS[answer_format] if name == "format" else registry.reward(name)
+
+        self.rewards = {
+            answer_format: combine_rewards(config.rewards, lookup(answer_format), format_gate=config.format_gate)
+            for answer_format in FORMAT_CHECKS
+        }
+        gate = config.format_gate
+        self.gates = {answer_format: lookup(answer_format)(gate) for answer_format in FORMAT_CHECKS} if gate else {}
+
+    def score(self, completions: Sequence[str], requests: Sequence[EditRequest], formats: Sequence[str]) -> list[float]:
+        """The combined reward of each completion, under its prompt's answer format."""
+        scores = [0.0] * len(completions)
+        for answer_format, reward in self.rewards.items():
+            rows = [i for i, f in enumerate(formats) if f == answer_format]
+            if rows:
+                for i, value in zip(rows, reward([completions[i] for i in rows], [requests[i] for i in rows])):
+                    scores[i] = value
+        return scores
+
+    def require_a_passing_answer(
+        self, completions: Sequence[str], requests: Sequence[EditRequest], formats: Sequence[str]
+    ) -> None:
+        """Refuse to train when no answer of a group passes the format gate: every total is then
+        zero, every advantage zero, and GRPO would run its steps without learning anything."""
+        if not self.gates:
+            return
+        for answer_format in dict.fromkeys(formats):
+            rows = [i for i, f in enumerate(formats) if f == answer_format]
+            try:
+                passed = self.gates[answer_format]([completions[i] for i in rows], [requests[i] for i in rows])
+            except Exception as error:
+                raise PluginError(f"reward {self.config.format_gate!r} raised {type(error).__name__}: {error}") from error
+            if any(float(score) > 0 for score in passed):
+                return
+        shown = ", ".join(f"{formats.count(f)} in answer format {f}" for f in dict.fromkeys(formats))
+        raise RewardGateError(
+            f"grpo: none of the {len(completions)} answers sampled first ({shown}) passes the format gate "
+            f"{self.config.format_gate!r} under option answer_format {self.config.answer_format!r}, so every reward "
+            f"is 0 and GRPO cannot learn. One sampled answer (request {requests[0].request_id!r}): "
+            f"{completions[0]!r}. Set answer_format to how the model answers (tagged: '<answer> X </answer>', "
+            f"reply: a chat reply 'X.', continuation: ' X.' then anything), teach that form first (e.g. TPSFT "
+            f"with prompts.questions and the same answer_format), or set format_gate to null"
+        )
 
     def weights_to_edit(self, model: Any, requests: Sequence[EditRequest]) -> list[str]:
         return ffn_weight_names(model, self.config.weights) if self.state.fires_next() else []
 
-    def _rows(self, requests: Sequence[EditRequest], format_prompt: Callable[[str], str]) -> list[dict[str, Any]]:
+    def _rows(self, requests: Sequence[EditRequest], model: Any) -> list[dict[str, Any]]:
         """TRL's dataset rows: each question prompt as the model is asked it (its prompt format,
-        the one the evaluator uses), with the index of its request."""
-        sources = PromptSources(cloze=False, questions=True, question_template=self.config.question_template)
-        rows = []
-        for index, request in enumerate(requests):
-            prompts = question_prompts(request, sources)
-            if not prompts:
-                raise RequestError(
-                    f"request {request.request_id!r} has no question prompt for GRPO: give it "
-                    f"metadata['qa_prompts'] or set the option question_template"
-                )
-            rows.extend({"prompt": format_prompt(prompt), "request_index": index} for prompt in prompts)
-        return rows
+        the one the evaluator uses), with the index of its request and its answer format."""
+        sources = PromptSources(
+            cloze=False, questions=True, question_template=self.config.question_template,
+            answer_format=self.config.answer_format,
+        )
+        chat_model = is_chat_model(model)
+        return [
+            {"prompt": model.format_prompt(prompt), "request_index": index, "answer_format": answer_format}
+            for index, request in enumerate(requests)
+            for prompt, answer_format in question_forms(request, sources, chat_model=chat_model)
+        ]
 
     def edit(self, model: Any, requests: Sequence[EditRequest]) -> None:
         if self.state.fires_next():
@@ -140,11 +200,18 @@ class GRPOConsolidation:
         from transformers import PrinterCallback
         from trl import GRPOTrainer
 
-        rows = self._rows(chosen, model.format_prompt)
+        rows = self._rows(chosen, model)
         net, tokenizer = model.torch_model, model.tokenizer
+        first_group = [True]
 
-        def reward(prompts: list[str], completions: list[str], request_index: list[int], **_: Any) -> list[float]:
-            return self.reward(completions, [chosen[i] for i in request_index])
+        def reward(
+            prompts: list[str], completions: list[str], request_index: list[int], answer_format: list[str], **_: Any
+        ) -> list[float]:
+            requests = [chosen[i] for i in request_index]
+            if first_group[0]:
+                self.require_a_passing_answer(completions, requests, answer_format)
+                first_group[0] = False
+            return self.score(completions, requests, answer_format)
 
         config = self.config
         names = ffn_weight_names(model, config.weights)

@@ -3,7 +3,10 @@
 
 * correctness — the extracted answer matches the new target or an alias (1.0); every target
   word present and no negation: partial credit (0.5).
-* format — exactly one well-formed ``<answer> ... </answer>`` block.
+* format — the answer in the answer format of its prompt: exactly one well-formed
+  ``<answer> ... </answer>`` block (``tagged``, the registered reward), or a non-empty answer
+  that ends cleanly (``reply``: the whole reply; ``continuation``: the first sentence), read as
+  :func:`easyetcon.text.extract_answer` reads it (:data:`FORMAT_CHECKS`).
 * cleanliness — nothing after the answer block, no repeated phrase, within a length cap.
 * consistency — the completion does not reassert the old fact (``ground_truth``).
 
@@ -40,14 +43,52 @@ def correctness(completions: Sequence[str], requests: Sequence[EditRequest]) -> 
     return scores
 
 
+def _tagged(completion: str) -> bool:
+    """Exactly one well-formed, non-empty ``<answer> ... </answer>`` block."""
+    well_formed = completion.count(ANSWER_OPEN) == 1 and completion.count(ANSWER_CLOSE) == 1
+    ordered = well_formed and completion.index(ANSWER_OPEN) < completion.index(ANSWER_CLOSE)
+    return bool(ordered and completion.split(ANSWER_OPEN, 1)[1].split(ANSWER_CLOSE, 1)[0].strip())
+
+
 def answer_format(completions: Sequence[str], requests: Sequence[EditRequest]) -> list[float]:
+    return [1.0 if _tagged(completion) else 0.0 for completion in completions]
+
+
+SENTENCE_END = "."  # the one extract_answer cuts at
+
+
+def reply_format(completions: Sequence[str], requests: Sequence[EditRequest]) -> list[float]:
+    """A chat model's reply that is the answer and nothing else: one line, one sentence, a
+    non-empty answer (or one well-formed tagged block, which the evaluator reads first)."""
     scores = []
     for completion in completions:
-        well_formed = completion.count(ANSWER_OPEN) == 1 and completion.count(ANSWER_CLOSE) == 1
-        ordered = well_formed and completion.index(ANSWER_OPEN) < completion.index(ANSWER_CLOSE)
-        inside = ordered and completion.split(ANSWER_OPEN, 1)[1].split(ANSWER_CLOSE, 1)[0].strip()
-        scores.append(1.0 if inside else 0.0)
+        reply = completion.strip()
+        answer = extract_answer(completion)
+        # the whole reply is what the evaluator reads as the answer, give or take its final stop
+        whole = bool(answer) and "\n" not in reply and reply.rstrip(SENTENCE_END).strip() == answer
+        scores.append(1.0 if whole or _tagged(completion) else 0.0)
     return scores
+
+
+def continuation_format(completions: Sequence[str], requests: Sequence[EditRequest]) -> list[float]:
+    """A plain continuation whose first sentence is a non-empty answer that ends cleanly (at a
+    full stop or a line end, not cut off by the length limit); what follows is not read (the
+    evaluator reads the first sentence), and a well-formed tagged block counts too."""
+    scores = []
+    for completion in completions:
+        text = completion.strip()
+        line, _, rest = text.partition("\n")
+        ended = bool(rest) or line.endswith(SENTENCE_END) or f"{SENTENCE_END} " in line
+        scores.append(1.0 if (ended and extract_answer(completion)) or _tagged(completion) else 0.0)
+    return scores
+
+
+#: The ``format`` reward of each answer format (see ``answer_format`` in :mod:`.common`).
+FORMAT_CHECKS: dict[str, Callable[[Sequence[str], Sequence[EditRequest]], list[float]]] = {
+    "tagged": answer_format,
+    "reply": reply_format,
+    "continuation": continuation_format,
+}
 
 
 def _has_repetition(text: str, n: int = 3) -> bool:

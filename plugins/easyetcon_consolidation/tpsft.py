@@ -36,6 +36,7 @@ from easyetcon_consolidation.common import (
     PromptSources,
     ScheduleState,
     ffn_weight_names,
+    is_chat_model,
     preservation_statistics,
     preserving_outputs,
     selected_layers,
@@ -72,14 +73,18 @@ class TPSFT:
         pairs, targets_of_pairs = [], []
         for request in chosen:
             target_ids = encode_continuation(model.tokenizer, request.target_new)
-            for pair in training_pairs(request, self.config.prompts):
+            for pair in training_pairs(request, self.config.prompts, chat_model=is_chat_model(model)):
                 pairs.append(pair)
                 targets_of_pairs.append(target_ids)
         if not pairs:
-            raise ValueError("no training prompts: enable prompts.cloze or give the requests question prompts")
+            raise ValueError("no training prompts: enable prompts.cloze or prompts.questions")
         # trained in the form the model is asked in (its prompt format), as the evaluator asks
-        prompts = [model.format_prompt(p) for p, _ in pairs]
-        batch = build_target_batch(model.tokenizer, prompts, [c for _, c in pairs]).to(model.device)
+        prompts = [model.format_prompt(p) for p, _, _ in pairs]
+        # a chat reply ends its turn (the end-of-sequence token), where generation stops
+        ends_turn = [fmt == "reply" and model.tokenizer.eos_token_id is not None for _, _, fmt in pairs]
+        batch = build_target_batch(
+            model.tokenizer, prompts, [c for _, c, _ in pairs], append_eos=ends_turn
+        ).to(model.device)
         # which completion tokens spell the target: only EAFT restricted to some tokens needs it
         is_target = target_token_mask(batch.labels, targets_of_pairs) if self.config.eaft is not None else None
         mask = (batch.labels[:, 1:] != -100).float()

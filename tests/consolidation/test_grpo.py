@@ -54,14 +54,6 @@ def test_question_template_serves_requests_without_question_prompts(host):
     assert result.records[0].weights.names
 
 
-def test_a_request_without_question_prompts_is_named(host):
-    model = tiny_model(registry=host.registry)
-    original = model.state_hash()
-    with pytest.raises(ChainStepError, match="'tiny-0' has no question prompt.*question_template"):
-        EditChain([("grpo", FAST)]).apply(model, tiny_requests()[:1])
-    assert model.state_hash() == original
-
-
 def test_a_raising_reward_plugin_is_named_and_the_model_restored(host):
     model = tiny_model(registry=host.registry)
     original = model.state_hash()
