@@ -201,6 +201,9 @@ class GRPOConsolidation:
         from trl import GRPOTrainer
 
         rows = self._rows(chosen, model)
+        # TRL's batches hold prompts_per_step prompts and drop a short last one: with fewer
+        # question prompts than that it would train nothing, so the prompts are repeated
+        rows = [rows[i % len(rows)] for i in range(max(len(rows), self.config.prompts_per_step))]
         net, tokenizer = model.torch_model, model.tokenizer
         first_group = [True]
 

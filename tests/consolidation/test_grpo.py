@@ -47,6 +47,19 @@ def test_grpo_changes_only_the_selected_ffn_weights_and_undoes_exactly(host):
     assert model.state_hash() == original
 
 
+@pytest.mark.parametrize("prompts_per_step", [1, 3])
+def test_fewer_question_prompts_than_a_step_holds_still_train(host, prompts_per_step):
+    """One question prompt and prompts_per_step 3: TRL would drop the short batch and train
+    nothing; the prompt is repeated to fill the step."""
+    model = tiny_model(registry=host.registry)
+    name = model.adapter.weight_name("mlp_out", 2)
+    before = model.parameter(name).detach().clone()
+    options = {**FAST, "prompts_per_step": prompts_per_step, "rewards": {"letter-e": 1.0}, "format_gate": None,
+               "weights": {"layers": [2]}, "learning_rate": 1e-2}
+    EditChain([("grpo", options)]).apply(model, questions(tiny_requests()[:1]))
+    assert not model.parameter(name).detach().equal(before)
+
+
 def test_question_template_serves_requests_without_question_prompts(host):
     model = tiny_model(registry=host.registry)
     options = {**FAST, "rewards": {"letter-e": 1.0}, "format_gate": None, "question_template": "Question: {prompt}? Answer:"}
