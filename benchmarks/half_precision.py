@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser, edits=50)
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes; the first is the reference")
     args = parse_run_arguments(parser, argv)
-    import torch
+    if args.dtype != "float32":
+        parser.error("--dtype: this benchmark loads the model in each of --dtypes")
     from easyetcon_eval import compute_baseline
 
     editors = parse_editors(args.editors, family=None)
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     output = {"environment": environment(args), "dtypes": dtypes, "configs": {e: configs.get(e, {}) for e in editors}, "runs": {}}
     per_request: dict[str, dict[str, list[dict]]] = {}
     for dtype in dtypes:
-        model, world, folder = load_world_model(args.model)
-        model.torch_model.to(getattr(torch, dtype))
+        model, world, folder = load_world_model(args.model, dtype)
         requests = world_requests(world, args.split, args.edits, args.edit_seed)
         baseline = compute_baseline(model, requests, protocols=(PROTOCOL,))
         output["model"] = folder

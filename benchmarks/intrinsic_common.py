@@ -47,6 +47,8 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="a shipped world model's name (default, wide) or a model folder (default: default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="the model's dtype (the options stay those tuned in float32)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
 
 
@@ -118,8 +120,9 @@ def load_configs(path: Path, *, sequential: bool = False) -> dict[str, dict[str,
     }
 
 
-def load_world_model(folder: str | None) -> tuple[Any, Any, str]:
-    """``(EditableModel, world, folder)`` of a shipped world model (by name; default ``default``) or a folder."""
+def load_world_model(folder: str | None, dtype: str = "float32") -> tuple[Any, Any, str]:
+    """``(EditableModel, world, folder)`` of a shipped world model (by name; default ``default``) or
+    a folder, cast to ``dtype``."""
     from easyetcon_world import WorldCacheError, load_world, world_model_folder
 
     from easyetcon.model import load_model
@@ -129,7 +132,7 @@ def load_world_model(folder: str | None) -> tuple[Any, Any, str]:
     except WorldCacheError as error:
         raise SystemExit(str(error)) from None
     model = load_model(folder)
-    model.torch_model.eval()
+    model.torch_model.to(getattr(torch, dtype)).eval()
     return model, load_world(folder), folder
 
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from easyetcon.chain import EditChain
 
-    model, world, folder = load_world_model(args.model)
+    model, world, folder = load_world_model(args.model, args.dtype)
     requests = world_requests(world, args.split, args.edits, args.edit_seed)
     baseline = compute_baseline(model, requests, protocols=protocols)
     output = {"environment": environment(args), "model": folder, "configs": {}, "baseline": baseline.summary, "editors": {}}

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from easyetcon_eval import compute_baseline
 
-    model, world, folder = load_world_model(args.model)
+    model, world, folder = load_world_model(args.model, args.dtype)
     requests = world_requests(world, args.split, args.edits, args.edit_seed)
     started = time.perf_counter()
     baseline = compute_baseline(model, requests, protocols=PROTOCOLS)
