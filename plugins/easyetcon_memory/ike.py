@@ -177,6 +177,7 @@ class Ike:
         self._indexes: weakref.WeakKeyDictionary[MemoryStore, StoreCache] = weakref.WeakKeyDictionary()
         self._attached: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._stores: weakref.WeakValueDictionary[int, MemoryStore] = weakref.WeakValueDictionary()
+        self._pool: dict[str, Any] | None = None  # demonstrations_from, read once per editor
 
     @property
     def scorer(self) -> SentenceEmbedder | TfidfRetriever:
@@ -206,7 +207,9 @@ class Ike:
         edit the demonstration pool of ``demonstrations_from``. A newer edit of the same
         subject and relation replaces the older one."""
         if self.config.demonstrations_from is not None and not any(e.data["kind"] == "pool" for _, e in store.items()):
-            store.add(self._load_pool())
+            if self._pool is None:
+                self._pool = self._load_pool()
+            store.add(self._pool)
         for request in requests:
             for entry_id, entry in store.items():
                 if entry.data["kind"] == "fact" and _same_fact(entry.data, request):
