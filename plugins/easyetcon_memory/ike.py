@@ -48,7 +48,7 @@ from easyetcon.requests import EditRequest
 from easyetcon_memory.retrieval import (
     SentenceEmbedder,
     TfidfRetriever,
-    _check_template,
+    check_template,
     choose_retriever,
     make_scorer,
     mentions_subject,
@@ -107,17 +107,17 @@ class IkeConfig(BaseModel):
     @field_validator("fact_template")
     @classmethod
     def _fact_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
+        return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
 
     @field_validator("demonstration_template")
     @classmethod
     def _demonstration_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"fact", "prompt", "answer"}, required={"prompt", "answer"})
+        return check_template(value, allowed={"fact", "prompt", "answer"}, required={"prompt", "answer"})
 
     @field_validator("query_template")
     @classmethod
     def _query_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
+        return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
 
 
 @dataclass(frozen=True)

@@ -99,15 +99,17 @@ class RetrievalMemoryConfig(BaseModel):
     @field_validator("fact_template")
     @classmethod
     def _fact_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
+        return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
 
     @field_validator("context_template")
     @classmethod
     def _context_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
+        return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
 
 
-def _check_template(value: str, *, allowed: set[str], required: set[str]) -> str:
+def check_template(value: str, *, allowed: set[str], required: set[str]) -> str:
+    """``value`` when it is a format string using only ``allowed`` fields and every ``required``
+    one; else a ValueError saying which (for a pydantic field validator)."""
     import string
 
     try:

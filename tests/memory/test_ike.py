@@ -13,7 +13,7 @@ from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest, Probe, save_requests
 from easyetcon.spec import parse_chain_spec
 from easyetcon.testing import tiny_model
-from easyetcon_memory import IkeConfig
+from easyetcon_memory import IkeConfig, load_memory, save_memory
 from tests.memory.helpers import people_requests
 
 # The tiny models have 128 positions and a character-level tokenizer: no demonstration would
@@ -210,3 +210,26 @@ def test_a_missing_pool_file_is_a_config_error_and_leaves_the_model_alone(tmp_pa
     assert model.state_hash() == original
     assert all(len(store) == 0 for store in model.memories.values())
     assert model.rewrite_prompts(["Ostra Welling works for"]) == ["Ostra Welling works for"]
+
+
+def test_a_saved_memory_asks_exactly_as_before(tmp_path):
+    model = tiny_model("llama", registry=get_host().registry)
+    chain = EditChain([("ike", {**TFIDF, "k": 4})])
+    chain.apply(model, requests())
+    queries = ["The city where Zarvik Tollen lives is", "The capital of Norway is"]
+    before = model.rewrite_prompts(queries)
+    save_memory(tmp_path / "memory", model, chain.steps[0])
+    fresh = tiny_model("llama", registry=get_host().registry)
+    load_memory(tmp_path / "memory", fresh)
+    assert fresh.rewrite_prompts(queries) == before
+
+
+def test_easyedit_ike_hparams_convert():
+    from easyetcon.hparams import convert_hparams
+
+    converted = convert_hparams({"alg_name": "IKE", "model_name": "gpt2", "k": 16, "device": 0,
+                                 "sentence_model_name": "./hugging_cache/all-MiniLM-L6-v2"}, get_host().registry)
+    assert converted.spec["chain"] == [{"editor": "ike", "k": 16}]
+    assert "sentence_model_name" in converted.unmapped
+    off = convert_hparams({"alg_name": "IKE", "k": 16, "use_icl_examples": False}, get_host().registry)
+    assert off.spec["chain"] == [{"editor": "ike", "k": 0}]
