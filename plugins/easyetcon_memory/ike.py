@@ -27,7 +27,8 @@ At inference a prompt rewriter turns each query into::
    one that asks the query itself (a test prompt must not be answered in its own context).
 3. *Context*: the whole prompt, in the model's prompt format, must leave ``answer_tokens`` of the
    model's positions (``max_context_tokens``, default its ``max_position_embeddings``) for the
-   answer; the least similar demonstrations, which come first, are dropped until it does.
+   answer; the least similar demonstrations, which come first, are dropped until it does (a
+   fact and query longer than that on their own are asked as they are).
 """
 
 from __future__ import annotations
@@ -175,7 +176,6 @@ class Ike:
         self.retriever = choose_retriever(config.retriever, config.embedding_model, editor="ike")
         self._scorer: SentenceEmbedder | TfidfRetriever | None = None
         self._indexes: weakref.WeakKeyDictionary[MemoryStore, StoreCache] = weakref.WeakKeyDictionary()
-        self._attached: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._stores: weakref.WeakValueDictionary[int, MemoryStore] = weakref.WeakValueDictionary()
         self._pool: dict[str, Any] | None = None  # demonstrations_from, read once per editor
 
@@ -192,7 +192,6 @@ class Ike:
     # ---- the MemoryEditor protocol -------------------------------------------------------------
     def attach(self, model: Any, store: MemoryStore) -> None:
         """Install the prompt rewriter that puts demonstrations and the nearest fact in front."""
-        self._attached[id(store)] = model
         self._stores[id(model)] = store
 
         def rewrite(prompts: list[str]) -> list[str]:
