@@ -1,4 +1,4 @@
-"""easyetcon built-in plugin: external memory (``retrieval-memory`` and ``grace``).
+"""easyetcon built-in plugin: external memory (``retrieval-memory``, ``ike`` and ``grace``).
 
 .. code-block:: python
 
@@ -23,6 +23,11 @@ _EXPORTS = {
     "GraceConfig": "easyetcon_memory.grace",
     "RadiusCalibration": "easyetcon_memory.grace",
     "calibrate_radius": "easyetcon_memory.grace",
+    "Demonstration": "easyetcon_memory.ike",
+    "Ike": "easyetcon_memory.ike",
+    "IkeConfig": "easyetcon_memory.ike",
+    "IkePrompt": "easyetcon_memory.ike",
+    "demonstrations_of": "easyetcon_memory.ike",
     "Match": "easyetcon_memory.retrieval",
     "RetrievalMemory": "easyetcon_memory.retrieval",
     "RetrievalMemoryConfig": "easyetcon_memory.retrieval",

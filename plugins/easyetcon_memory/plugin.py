@@ -18,6 +18,13 @@ def easyetcon_register_memory_editors(register) -> None:
         summary="Stores edits with sentence embeddings and puts in-scope facts in front of prompts (in-context editing).",
     )
     register(
+        "ike",
+        "easyetcon_memory.ike:Ike",
+        config="easyetcon_memory.ike:IkeConfig",
+        subfamily="in-context",
+        summary="IKE: k retrieved demonstrations (copy, update, retain) and the nearest new fact in front of every prompt.",
+    )
+    register(
         "grace",
         "easyetcon_memory.grace:Grace",
         config="easyetcon_memory.grace:GraceConfig",
@@ -29,3 +36,4 @@ def easyetcon_register_memory_editors(register) -> None:
 @hookimpl
 def easyetcon_register_hparams_converters(register: Any) -> None:
     register("GRACE", "easyetcon_memory.hparams:convert_grace", summary="EasyEdit GRACE -> grace")
+    register("IKE", "easyetcon_memory.hparams:convert_ike", summary="EasyEdit IKE -> ike")

