@@ -307,9 +307,10 @@ class EditChain:
                 raise StepVetoed("; ".join(vetoes))
             if step.info.family is Family.MEMORY:
                 store = model.memory_store(step.name)
-                if step.name not in model.attached_memories:
+                # this step's own editor, not one a previous chain (or a restore) attached for the name
+                if model.attached_memories.get(step.name) is not step.editor:
                     step.editor.attach(model, store)
-                    model.attached_memories.add(step.name)
+                    model.attached_memories[step.name] = step.editor
                 with store.tracking() as delta:
                     delta_holder.append(delta)
                     step.editor.edit(model, store, requests)

@@ -497,7 +497,7 @@ def apply_export(model: Any, export: EditExport, *, registry: Any = None, what: 
             for entry in store["entries"]
         })
         editor.attach(model, memory)
-        model.attached_memories.add(store["store"])
+        model.attached_memories[store["store"]] = editor
     return list(values)
 
 

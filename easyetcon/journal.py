@@ -667,7 +667,7 @@ class Journal:
             if store_key not in model.attached_memories:
                 editor = registry.editor(entry["editor"]).create(entry["config"])
                 editor.attach(model, model.memory_store(store_key))
-                model.attached_memories.add(store_key)
+                model.attached_memories[store_key] = editor
 
 
 def _legacy_version(path: Path) -> Any:

@@ -84,7 +84,8 @@ class EditableModel:
         self.adapter = adapter
         self.source = source
         self.memories: dict[str, Any] = {}
-        self.attached_memories: set[str] = set()
+        #: memory store name -> the editor whose retrieval behaviour is attached for it
+        self.attached_memories: dict[str, Any] = {}
         self._prompt_rewriters: dict[str, PromptRewriter] = {}
         self._low_rank_listeners: list[Callable[[str, torch.Tensor, torch.Tensor], None]] = []
         if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None):

@@ -368,9 +368,9 @@ def run_lifelong(
             result.curve.sort(key=lambda p: p["edits"])
             result.immediate.sort(key=lambda p: p["edits"])
             for step in chain.steps:
-                if step.info.family is Family.MEMORY and step.name not in model.attached_memories and step.name in model.memories:
+                if step.info.family is Family.MEMORY and model.attached_memories.get(step.name) is not step.editor and step.name in model.memories:
                     step.editor.attach(model, model.memory_store(step.name))
-                    model.attached_memories.add(step.name)
+                    model.attached_memories[step.name] = step.editor
 
         score_line = _ScoreLine()
         for point in result.immediate:

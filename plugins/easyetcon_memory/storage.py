@@ -98,7 +98,7 @@ def load_memory(directory: str | Path, model: Any, *, registry: Any = None, stor
     store.apply_states(dict(entries))
     editor = registry.editor(index["editor"]).create(index["config"])
     editor.attach(model, store)
-    model.attached_memories.add(name)
+    model.attached_memories[name] = editor
     return editor
 
 

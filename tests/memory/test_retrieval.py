@@ -78,6 +78,16 @@ def test_in_scope_prompt_gets_the_fact_in_front_and_others_are_untouched():
     assert rewritten[1:] == prompts[1:]
 
 
+def test_a_later_chain_with_the_same_memory_step_name_uses_its_own_options():
+    """Both chains' steps are called retrieval-memory; the second one's template must take over
+    (it used to keep the first chain's rewriter, silently)."""
+    model, _, _ = edited()
+    prompt = "Zarvik Tollen lives in the city of"
+    assert model.rewrite_prompts([prompt])[0].startswith("Zarvik Tollen lives in the city of Pelmora.")
+    memory_chain(context_template="Note: {fact}. {prompt}").apply(model, people_requests()[:1])
+    assert model.rewrite_prompts([prompt])[0].startswith("Note: Zarvik Tollen lives in the city of Pelmora.")
+
+
 def test_generate_and_predicts_see_the_rewritten_prompt():
     model, _, _ = edited()
     seen = []
