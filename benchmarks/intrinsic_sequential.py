@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, output)
         print(f"{editor}: {len(requests)} sequential edits in {time.perf_counter() - started:.0f}s")
         # back to the unedited model for the next editor
-        from easyetcon.model import load_model
-
-        model = load_model(folder)
-        model.torch_model.eval()
+        model = load_world_model(args.model, args.dtype)[0]
         if model.state_hash() != original:
             raise RuntimeError("reloading the model did not give the unedited weights")
 
