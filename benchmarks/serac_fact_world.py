@@ -109,12 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         # the scope decision itself, with every test edit in memory
         editor = chain.steps[0].editor
         rephrases = [(p, r.request_id) for r in test for p in r.rephrase_prompts]
-        probes = [p.prompt for r in test for p in r.locality]
+        probes = [p for r in test for p in r.locality]
         routed = editor.lookup(model, [p for p, _ in rephrases])
-        left = editor.lookup(model, probes)
+        left = editor.lookup(model, [p.prompt for p in probes])
+        kinds = sorted({p.kind for p in probes})
         output["scope"] = {
             "rephrases_to_own_edit": mean([float(d.in_scope and d.request_id == owner) for d, (_, owner) in zip(routed, rephrases)]),
             "locality_out_of_scope": mean([float(not d.in_scope) for d in left]),
+            "locality_out_of_scope_by_kind": {
+                kind: mean([float(not d.in_scope) for d, p in zip(left, probes) if p.kind == kind]) for kind in kinds
+            },
             "rephrases": len(rephrases), "locality_prompts": len(probes),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
