@@ -17,7 +17,14 @@ from easyetcon.plugins import get_host
 from easyetcon.requests import EditRequest, Probe
 from easyetcon.spec import parse_chain_spec
 from easyetcon.testing import tiny_model
-from easyetcon_memory import SeracConfig, read_serac_classifier, scope_examples, train_serac_classifier
+from easyetcon_memory import (
+    SeracConfig,
+    load_memory,
+    read_serac_classifier,
+    save_memory,
+    scope_examples,
+    train_serac_classifier,
+)
 from tests.memory.helpers import people_requests
 
 
@@ -176,3 +183,25 @@ def test_a_newer_edit_of_the_same_fact_replaces_the_older(classifier_file):
     (decision,) = editor.lookup(model, "The city where Zarvik Tollen lives is")
     assert decision.fact == "Zarvik Tollen lives in the city of Ostrevik."
     assert len(model.memory_store(next(iter(model.memories)))) == 1
+
+
+def test_a_bad_classifier_leaves_the_model_as_it_was(tmp_path):
+    model = tiny_model("llama", registry=get_host().registry)
+    original = model.state_hash()
+    with pytest.raises(ConfigError, match="option 'classifier'"):
+        EditChain([("serac", {"classifier": str(tmp_path / "absent.safetensors")})]).apply(model, requests())
+    assert model.state_hash() == original
+    assert all(len(store) == 0 for store in model.memories.values())
+    assert model.rewrite_prompts(["Ostra Welling works for"]) == ["Ostra Welling works for"]
+
+
+def test_a_saved_memory_answers_as_before(classifier_file, tmp_path):
+    model = tiny_model("llama", registry=get_host().registry)
+    chain = EditChain([("serac", {"classifier": classifier_file})])
+    chain.apply(model, requests())
+    queries = [p for r in requests() for p in (*r.rephrase_prompts, *(probe.prompt for probe in r.locality))]
+    before = model.rewrite_prompts(queries)
+    save_memory(tmp_path / "memory", model, chain.steps[0])
+    fresh = tiny_model("llama", registry=get_host().registry)
+    load_memory(tmp_path / "memory", fresh)
+    assert fresh.rewrite_prompts(queries) == before
