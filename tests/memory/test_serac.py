@@ -18,6 +18,7 @@ from easyetcon.requests import EditRequest, Probe
 from easyetcon.spec import parse_chain_spec
 from easyetcon.testing import tiny_model
 from easyetcon_memory import (
+    ScopeClassifier,
     SeracConfig,
     load_memory,
     read_serac_classifier,
@@ -205,3 +206,13 @@ def test_a_saved_memory_answers_as_before(classifier_file, tmp_path):
     fresh = tiny_model("llama", registry=get_host().registry)
     load_memory(tmp_path / "memory", fresh)
     assert fresh.rewrite_prompts(queries) == before
+
+
+def test_a_mismatched_artefact_is_refused_naming_the_option(tmp_path):
+    trained = train()
+    elsewhere = ScopeClassifier("sentence-transformers", str(tmp_path / "no-such-model"), trained.weights, trained.training)
+    narrow = ScopeClassifier("tfidf", None, {**trained.weights, "hidden.weight": trained.weights["hidden.weight"][:, :10]})
+    for name, classifier, message in [("elsewhere", elsewhere, "not a folder here"), ("narrow", narrow, "do not fit")]:
+        path = classifier.save(tmp_path / f"{name}.safetensors")
+        with pytest.raises(ConfigError, match=f"option 'classifier'.*{message}"):
+            get_host().registry.editor("serac").create({"classifier": str(path)})
