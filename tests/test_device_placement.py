@@ -34,6 +34,7 @@ from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.text import build_target_batch
 from tests.consolidation.helpers import LetterReward
 from tests.intrinsic.helpers import STRONG_VALUES, TINY_STATISTICS, sectioned, subject_final_requests
+from tests.memory.helpers import serac_classifier_file
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +70,8 @@ EDITS = {
     "locft-bf": ({"steps": 3, "learning_rate": 0.05, "layers": [1], "batch_size": 1}, subject_final_requests),
     "grace": ({"layer": 1, "steps": 10, "learning_rate": 0.5, "initial_radius": 0.01}, subject_final_requests),
     "retrieval-memory": ({"retriever": "tfidf", "threshold": 0.5}, subject_final_requests),
+    "ike": ({"retriever": "tfidf", "k": 4}, subject_final_requests),
+    "serac": ({"classifier": serac_classifier_file()}, subject_final_requests),
     "lora-merge": ({"steps": 5, "learning_rate": 0.05, "rank": 4, "layers": [1, 2]}, subject_final_requests),
     "tpsft": ({"rounds": 3, "learning_rate": 1e-2, "weights": {"layers": [1, 2]}}, tpsft_requests),
     "grpo": (

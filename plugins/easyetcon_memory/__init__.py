@@ -1,4 +1,4 @@
-"""easyetcon built-in plugin: external memory (``retrieval-memory``, ``ike`` and ``grace``).
+"""easyetcon built-in plugin: external memory (``retrieval-memory``, ``ike``, ``serac`` and ``grace``).
 
 .. code-block:: python
 
@@ -37,6 +37,13 @@ _EXPORTS = {
     "embeddings_available": "easyetcon_memory.retrieval",
     "mask_subject": "easyetcon_memory.retrieval",
     "relation_examples_from": "easyetcon_memory.retrieval",
+    "ScopeClassifier": "easyetcon_memory.serac",
+    "Serac": "easyetcon_memory.serac",
+    "SeracConfig": "easyetcon_memory.serac",
+    "SeracDecision": "easyetcon_memory.serac",
+    "read_serac_classifier": "easyetcon_memory.serac",
+    "scope_examples": "easyetcon_memory.serac",
+    "train_serac_classifier": "easyetcon_memory.serac",
     "CutoffChoice": "easyetcon_memory.scope",
     "sweep_cutoff": "easyetcon_memory.scope",
     "EmptyMemoryError": "easyetcon_memory.storage",

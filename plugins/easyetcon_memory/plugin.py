@@ -25,6 +25,13 @@ def easyetcon_register_memory_editors(register) -> None:
         summary="IKE: k retrieved demonstrations (copy, update, retain) and the nearest new fact in front of every prompt.",
     )
     register(
+        "serac",
+        "easyetcon_memory.serac:Serac",
+        config="easyetcon_memory.serac:SeracConfig",
+        subfamily="scope-classifier",
+        summary="SERAC: a trained scope classifier sends in-scope queries to the model with the edit stated in front.",
+    )
+    register(
         "grace",
         "easyetcon_memory.grace:Grace",
         config="easyetcon_memory.grace:GraceConfig",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from easyetcon.requests import EditRequest, Probe
@@ -59,3 +64,16 @@ def people_requests() -> list[EditRequest]:
             ],
         ),
     ]
+
+
+@functools.lru_cache(maxsize=None)
+def serac_classifier_file() -> str:
+    """A serac scope classifier (TF-IDF features, so no embedding model loads) trained in well
+    under a second on :func:`people_requests`, saved once per test session in a temporary
+    folder removed at exit (conformance and placement options need a path at class level)."""
+    from easyetcon_memory import train_serac_classifier
+
+    folder = tempfile.mkdtemp(prefix="serac-classifier-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    classifier = train_serac_classifier(people_requests(), retriever="tfidf", epochs=100, hidden=16)
+    return str(classifier.save(Path(folder) / "classifier.safetensors"))

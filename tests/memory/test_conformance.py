@@ -3,7 +3,7 @@
 import pytest
 
 from easyetcon.testing import EditorConformance
-from tests.memory.helpers import world_model, world_requests
+from tests.memory.helpers import serac_classifier_file, world_model, world_requests
 
 
 class TestGraceConformance(EditorConformance):
@@ -53,3 +53,24 @@ class TestIkeConformance(EditorConformance):
 #: IKE's options for the fact world's shipped model (its corpus form: a stated fact, then the prompt).
 WORLD_OPTIONS = {"fact_template": "{prompt} {target}.", "demonstration_template": "{prompt} {answer}. ",
                  "query_template": "{fact} {prompt}", "k": 0}
+
+
+class TestSeracConformance(EditorConformance):
+    """SERAC changes no weight; its counterfactual model is the base model asked with the edit
+    stated in front, so, like the retrieval memory, the target check runs on the fact world's
+    shipped model and the other checks on every tiny architecture. The scope classifier is
+    trained once per session on the fact world's tune split (TF-IDF features, in a second)."""
+
+    editor = "serac"
+    invalid_options = [{"threshold": -0.1}, {"threshold": 1.5}, {"context_template": "{prompt}"},
+                       {"fact_template": "{prompt}"}, {"classifier": "/no/such/classifier.safetensors"}]
+
+    @property
+    def options(self):  # a path made at first use: the suite (and half precision) read it per instance
+        return {"classifier": serac_classifier_file()}
+
+    def test_edit_makes_model_predict_target(self):
+        model = world_model()
+        if model is None:
+            pytest.skip("needs the fact world's shipped model (plugins/easyetcon_world/assets/default)")
+        self.assert_edit_predicts_targets(model, world_requests(3), where="the fact world's shipped model")
