@@ -33,6 +33,7 @@ import os
 import time
 import weakref
 from collections.abc import Sequence
+from functools import cached_property
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,6 +143,14 @@ class ScopeClassifier:
         e, q = self.encode(edits), self.encode(queries)
         rows = [torch.sigmoid(_logits(self.weights, pair_features(e, q[i : i + chunk]))) for i in range(0, len(q), chunk)]
         return torch.cat(rows)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What the scores depend on (encoder, embedding model, weights), hashed: each edit
+        stores it, so a classifier file replaced later is refused instead of silently used."""
+        identity = {"encoder": self.encoder, "embedding_model_id": self.embedding_model_id,
+                    "tensors": {name: tensor_digest(self.weights[name]) for name in WEIGHT_NAMES}}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def document(self) -> dict[str, Any]:
         return {
@@ -381,6 +390,7 @@ class Serac:
                     prompt=request.prompt, target=request.target_new, subject=request.subject
                 ),
                 "request_id": request.request_id,
+                "classifier": self.classifier.fingerprint,
             })
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -401,6 +411,13 @@ class Serac:
         entries = self._index(store)
         if not entries:
             return [SeracDecision(q, False, None) for q in queries]
+        fingerprint = self.classifier.fingerprint
+        other = [data.get("request_id") for _, data in entries if data.get("classifier") != fingerprint]
+        if other:
+            raise ConfigError(
+                f"option 'classifier': {self.config.classifier!r} is not the scope classifier edit(s) "
+                f"{other[:3]} were made with (the file changed since); restore that file, or edit again"
+            )
         scores = self.classifier.score([data["prompt"] for _, data in entries], queries)
         decisions = []
         for q, query in enumerate(queries):

@@ -216,3 +216,19 @@ def test_a_mismatched_artefact_is_refused_naming_the_option(tmp_path):
         path = classifier.save(tmp_path / f"{name}.safetensors")
         with pytest.raises(ConfigError, match=f"option 'classifier'.*{message}"):
             get_host().registry.editor("serac").create({"classifier": str(path)})
+
+
+def test_a_classifier_file_replaced_after_the_edits_is_refused_not_used(classifier_file, tmp_path):
+    """Replay and saved memories keep only the classifier's path: the file another seed trained
+    must not silently decide the scope of edits made with the first one."""
+    path = tmp_path / "classifier.safetensors"
+    read_serac_classifier(classifier_file).save(path)
+    model = tiny_model("llama", registry=get_host().registry)
+    chain = EditChain([("serac", {"classifier": str(path)})])
+    chain.apply(model, requests())
+    save_memory(tmp_path / "memory", model, chain.steps[0])
+    train(seed=1).save(path)
+    fresh = tiny_model("llama", registry=get_host().registry)
+    load_memory(tmp_path / "memory", fresh)
+    with pytest.raises(ConfigError, match="option 'classifier'.*not the scope classifier"):
+        fresh.rewrite_prompts([requests()[0].rephrase_prompts[0]])
