@@ -105,15 +105,30 @@ class SideMemories:
             self.on_device[(device, dtype)] = (self.deltas.to(device=device, dtype=dtype), self.thresholds.to(device))
         return self.on_device[(device, dtype)]
 
-    def route(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
+    def scores(self, inputs: torch.Tensor, valid: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(contributions (n, batch, seq, out), scores (n, batch))``: each memory's change of
+        the output and each row's largest token score over its ``valid`` (unpadded) tokens."""
+        deltas, _ = self.tensors_for(inputs.device, dtype)
+        contributions = torch.einsum("...i,noi->n...o", inputs.to(dtype), deltas)
+        token_scores = contributions.float().norm(dim=-1)
+        if valid is not None:
+            token_scores = token_scores.masked_fill(~valid, 0.0)
+        return contributions, token_scores.amax(dim=-1)
+
+    def route(self, inputs: torch.Tensor, outputs: torch.Tensor, valid: torch.Tensor | None, state: dict[str, Any]) -> torch.Tensor | None:
         """``outputs`` with each row that some memory's score passes its threshold for sent
-        through the best-scoring memory; ``None`` when every row stays with the main memory."""
-        deltas, thresholds = self.tensors_for(outputs.device, outputs.dtype)
-        contributions = torch.einsum("...i,noi->n...o", inputs.to(outputs.dtype), deltas)  # (n, batch, seq, out)
-        scores = contributions.float().norm(dim=-1).amax(dim=-1)  # (n, batch): each row's largest token score
+        through the best-scoring memory; ``None`` when every row stays with the main memory.
+        A forward of one token per row (cached decoding) keeps the routing of the forward
+        before it, so a generated answer stays with the memory its prompt chose."""
+        contributions, scores = self.scores(inputs, valid, outputs.dtype)
+        _, thresholds = self.tensors_for(outputs.device, outputs.dtype)
         passing = torch.where(scores > thresholds[:, None], scores, torch.full_like(scores, -1.0))
         best_score, best = passing.max(dim=0)
         routed = best_score >= 0
+        previous = state.get("routing")
+        if inputs.shape[1] == 1 and previous is not None and previous[0].shape == routed.shape:
+            routed, best = routed | previous[0], torch.where(previous[0], previous[1], best)
+        state["routing"] = (routed, best)
         if not bool(routed.any()):
             return None
         chosen = contributions[best, torch.arange(best.numel(), device=best.device)]
@@ -144,21 +159,39 @@ class Wise:
 
         return self._memories.setdefault(store, StoreCache()).get(store, build)
 
+    def routing(self, model: Any, store: MemoryStore, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores (n_memories, n_prompts), thresholds (n_memories,))`` of the store's side
+        memories for ``prompts``: a prompt goes through the best memory whose score beats its
+        threshold, else through the main weights."""
+        memories = self.side_memories(store)
+        if memories is None:
+            return torch.zeros(0, len(prompts)), torch.zeros(0)
+        return prompt_scores(model, self._module(model), memories, prompts), memories.thresholds.clone()
+
     # ---- the MemoryEditor protocol -------------------------------------------------------------
     def attach(self, model: Any, store: MemoryStore) -> None:
         """Install the router on the layer's output projection (replacing an earlier one for this store)."""
         module = self._module(model)
+        state: dict[str, Any] = {}
+
+        def remember_padding(_model: torch.nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
+            state["attention_mask"] = kwargs.get("attention_mask")
 
         def route(_module: torch.nn.Module, inputs: tuple, output: Any) -> Any:
             if len(store) == 0 or _module.__dict__.get(TRAINING_ATTRIBUTE) or not isinstance(output, torch.Tensor):
                 return None
             memories = self.side_memories(store)
-            return memories.route(inputs[0], output) if memories is not None else None
+            if memories is None:
+                return None
+            return memories.route(inputs[0], output, _valid_tokens(state.get("attention_mask"), inputs[0]), state)
 
         hooks = module.__dict__.setdefault(HOOKS_ATTRIBUTE, {})
-        if store.name in hooks:
-            hooks[store.name].remove()
-        hooks[store.name] = module.register_forward_hook(route)
+        for handle in hooks.pop(store.name, ()):
+            handle.remove()
+        hooks[store.name] = (
+            model.torch_model.register_forward_pre_hook(remember_padding, with_kwargs=True),
+            module.register_forward_hook(route),
+        )
 
     def edit(self, model: Any, store: MemoryStore, requests: Sequence[EditRequest]) -> None:
         """Train each request into the open shard; merge full shards every ``shards_per_merge``."""
@@ -169,9 +202,9 @@ class Wise:
             mask = _mask(shard.data)
             edit = {"request_id": request.request_id, "prompt": request.prompt, "target": request.target_new}
             delta = self._train(model, module, self.delta_of(shard), mask, edit)
-            # each edit's score when it was trained, as EasyEdit keeps it (scoring all again per edit would cost O(shard))
-            edits = [*shard.data["edits"], {**edit, "score": _scores(model, module, delta, [edit])[0]}]
-            threshold = self.config.threshold_ratio * min(e["score"] for e in edits)
+            edits = [*shard.data["edits"], edit]
+            # scored again, all of them: training this edit moved the earlier ones' scores too
+            threshold = self.config.threshold_ratio * min(_scores(model, module, delta, edits))
             store.put(shard_id, MemoryEntry({**shard.data, "edits": edits, "threshold": threshold}, {"values": delta[mask]}))
             full = [i for i, e in store.items() if e.data["kind"] == "shard" and len(e.data["edits"]) >= self.config.edits_per_shard]
             if len(full) >= self.config.shards_per_merge:
@@ -216,8 +249,9 @@ class Wise:
             seen["token_scores"] = contribution.norm(dim=-1)
             return output + contribution.to(output.dtype)
 
-        def row_scores(attention_mask: torch.Tensor) -> torch.Tensor:
-            return seen["token_scores"].masked_fill(attention_mask == 0, 0.0).amax(dim=-1)
+        def row_scores(counted: torch.Tensor) -> torch.Tensor:
+            return seen["token_scores"].masked_fill(~counted, 0.0).amax(dim=-1)
+
 
         handle = module.register_forward_hook(add_side_memory)
         module.__dict__[TRAINING_ATTRIBUTE] = True  # the shard trains from the main memory alone
@@ -226,10 +260,12 @@ class Wise:
                 optimizer = torch.optim.SGD([delta], lr=config.learning_rate, weight_decay=1e-5)  # EasyEdit's decay
                 for _ in range(config.steps):
                     logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                    edit_score = row_scores(batch.attention_mask)  # (1,)
+                    # the prompt's last token, which sees all of it: a first token shared with an
+                    # irrelevant prompt ("The") would otherwise be pushed up and down at once
+                    edit_score = seen["token_scores"][:, batch.prompt_lengths[0] - 1]  # (1,)
                     nll = masked_token_nll(logits, batch.labels)
                     model.torch_model(input_ids=other_ids, attention_mask=other_mask)
-                    other_scores = row_scores(other_mask)  # (k,)
+                    other_scores = row_scores(other_mask.bool())  # (k,)
                     margins = (
                         torch.relu(other_scores - config.irrelevant_margin).mean()
                         + torch.relu(config.edit_margin - edit_score).mean()
@@ -251,10 +287,8 @@ class Wise:
         """Merge full shards (TIES) into one side memory, its threshold set from all their edits."""
         shards = [store.get(i) for i in shard_ids]
         delta = ties_merge([self.delta_of(s) for s in shards], self.config.merge_density)
-        edits = [{k: v for k, v in e.items() if k != "score"} for s in shards for e in s.data["edits"]]
-        scores = _scores(model, module, delta, edits)  # trimming and averaging lowered them
-        edits = [{**e, "score": score} for e, score in zip(edits, scores)]
-        threshold = self.config.threshold_ratio * min(scores)
+        edits = [e for s in shards for e in s.data["edits"]]
+        threshold = self.config.threshold_ratio * min(_scores(model, module, delta, edits))
         for entry_id in shard_ids:
             store.remove(entry_id)
         store.add({"kind": "merged", "edits": edits, "threshold": threshold}, {"delta": delta})
@@ -278,24 +312,40 @@ def ties_merge(deltas: Sequence[torch.Tensor], density: float) -> torch.Tensor:
 
 @torch.no_grad()
 def _scores(model: Any, module: torch.nn.Module, delta: torch.Tensor, edits: Sequence[dict[str, str]]) -> list[float]:
-    """Each edit's activation score (its row's largest token score, prompt and target) under ``delta``."""
+    """Each edit's activation score under ``delta`` (its prompt's largest token score, as the router sees it)."""
+    memories = SideMemories(delta[None], torch.zeros(1), {})
+    prompts = [e["prompt"] for e in edits]
+    return [float(s) for start in range(0, len(prompts), 32) for s in prompt_scores(model, module, memories, prompts[start : start + 32])[0]]
+
+
+@torch.no_grad()
+def prompt_scores(model: Any, module: torch.nn.Module, memories: SideMemories, prompts: Sequence[str]) -> torch.Tensor:
+    """``(n_memories, n_prompts)``: each memory's activation score of each prompt (as the model is asked it)."""
     device = next(module.parameters()).device
-    on_device = delta.to(device)
-    scores = []
-    for edit in edits:
-        batch = build_target_batch(model.tokenizer, [model.format_prompt(edit["prompt"])], [edit["target"]]).to(device)
-        seen: dict[str, torch.Tensor] = {}
+    rows = [model.tokenizer(model.format_prompt(p))["input_ids"] for p in prompts]
+    input_ids, attention_mask = (t.to(device) for t in pad_rows(rows, pad_id_of(model.tokenizer)))
+    seen: dict[str, torch.Tensor] = {}
 
-        def record(_module: torch.nn.Module, inputs: tuple, _output: Any) -> None:
-            seen["score"] = torch.nn.functional.linear(inputs[0].to(on_device.dtype), on_device).norm(dim=-1).amax()
+    def record(_module: torch.nn.Module, inputs: tuple, _output: Any) -> None:
+        seen["scores"] = memories.scores(inputs[0], attention_mask.bool(), torch.float32)[1]
 
-        handle = module.register_forward_hook(record, prepend=True)
-        try:
-            model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        finally:
-            handle.remove()
-        scores.append(float(seen["score"]))
-    return scores
+    handle = module.register_forward_hook(record, prepend=True)
+    try:
+        model.torch_model(input_ids=input_ids, attention_mask=attention_mask)
+    finally:
+        handle.remove()
+    return seen["scores"].cpu()
+
+
+def _valid_tokens(attention_mask: Any, inputs: torch.Tensor) -> torch.Tensor | None:
+    """Which of the layer's tokens are not padding: the last ``seq`` columns of the forward's
+    attention mask (all of it, or the current token's column in cached decoding)."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        return None
+    batch, seq = inputs.shape[0], inputs.shape[1]
+    if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq:
+        return None
+    return attention_mask[:, -seq:].to(inputs.device).bool()
 
 
 def _draw_mask(data: dict[str, Any]) -> torch.Tensor:
