@@ -31,7 +31,7 @@ class TestRetrievalMemoryConformance(EditorConformance):
 
 class TestWiseConformance(EditorConformance):
     editor = "wise"
-    options = {"layer": -1, "steps": 60, "learning_rate": 200.0, "norm_bound": 100.0, "mask_ratio": 0.5,
+    options = {"layer": -1, "steps": 100, "learning_rate": 50.0, "norm_bound": 100.0, "mask_ratio": 0.5,
                "edit_margin": 2.0, "irrelevant_margin": 0.5, "gap_margin": 1.0}
     invalid_options = [{"mask_ratio": 0}, {"mask_ratio": 1.5}, {"steps": 0}, {"learning_rate": -1.0},
                        {"threshold_ratio": 0}, {"irrelevant_prompts": []}, {"irrelevant_prompts": [" "]},

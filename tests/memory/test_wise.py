@@ -14,7 +14,7 @@ from easyetcon.testing.conformance import target_fit
 from easyetcon.testing.tiny import tiny_learnable_requests
 from easyetcon_memory import Wise, WiseConfig, load_memory, save_memory, ties_merge
 
-OPTIONS = {"layer": -1, "steps": 60, "learning_rate": 200.0, "norm_bound": 100.0, "mask_ratio": 0.5,
+OPTIONS = {"layer": -1, "steps": 100, "learning_rate": 50.0, "norm_bound": 100.0, "mask_ratio": 0.5,
            "edit_margin": 2.0, "irrelevant_margin": 0.5, "gap_margin": 1.0}
 #: Prompts no edit is about (none of them is among the irrelevant prompts the router trains on).
 UNRELATED = ["Apple was founded by Steve Jobs in", "Berlin London Madrid", "The Colosseum is located in the city of"]
