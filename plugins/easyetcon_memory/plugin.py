@@ -37,3 +37,4 @@ def easyetcon_register_memory_editors(register) -> None:
 @hookimpl
 def easyetcon_register_hparams_converters(register: Any) -> None:
     register("GRACE", "easyetcon_memory.hparams:convert_grace", summary="EasyEdit GRACE -> grace")
+    register("WISE", "easyetcon_memory.hparams:convert_wise", summary="EasyEdit WISE -> wise")
