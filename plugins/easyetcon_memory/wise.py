@@ -174,7 +174,10 @@ class Wise:
         module = self._module(model)
         state: dict[str, Any] = {}
 
-        def remember_padding(_model: torch.nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
+        special = _special_ids(model)
+
+        def remember_tokens(_model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            state["input_ids"] = kwargs.get("input_ids", args[0] if args else None)
             state["attention_mask"] = kwargs.get("attention_mask")
 
         def route(_module: torch.nn.Module, inputs: tuple, output: Any) -> Any:
@@ -183,13 +186,14 @@ class Wise:
             memories = self.side_memories(store)
             if memories is None:
                 return None
-            return memories.route(inputs[0], output, _valid_tokens(state.get("attention_mask"), inputs[0]), state)
+            counted = _counted_tokens(state.get("input_ids"), state.get("attention_mask"), special, inputs[0])
+            return memories.route(inputs[0], output, counted, state)
 
         hooks = module.__dict__.setdefault(HOOKS_ATTRIBUTE, {})
         for handle in hooks.pop(store.name, ()):
             handle.remove()
         hooks[store.name] = (
-            model.torch_model.register_forward_pre_hook(remember_padding, with_kwargs=True),
+            model.torch_model.register_forward_pre_hook(remember_tokens, with_kwargs=True),
             module.register_forward_hook(route),
         )
 
@@ -242,6 +246,7 @@ class Wise:
         batch = build_target_batch(model.tokenizer, [model.format_prompt(edit["prompt"])], [edit["target"]]).to(device)
         irrelevant = [model.tokenizer(model.format_prompt(p))["input_ids"] for p in config.irrelevant_prompts]
         other_ids, other_mask = (t.to(device) for t in pad_rows(irrelevant, pad_id_of(model.tokenizer)))
+        other_counted = _counted_tokens(other_ids, other_mask, _special_ids(model), other_ids)
         seen: dict[str, torch.Tensor] = {}
 
         def add_side_memory(_module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -265,7 +270,7 @@ class Wise:
                     edit_score = seen["token_scores"][:, batch.prompt_lengths[0] - 1]  # (1,)
                     nll = masked_token_nll(logits, batch.labels)
                     model.torch_model(input_ids=other_ids, attention_mask=other_mask)
-                    other_scores = row_scores(other_mask.bool())  # (k,)
+                    other_scores = row_scores(other_counted)  # (k,)
                     margins = (
                         torch.relu(other_scores - config.irrelevant_margin).mean()
                         + torch.relu(config.edit_margin - edit_score).mean()
@@ -324,10 +329,11 @@ def prompt_scores(model: Any, module: torch.nn.Module, memories: SideMemories, p
     device = next(module.parameters()).device
     rows = [model.tokenizer(model.format_prompt(p))["input_ids"] for p in prompts]
     input_ids, attention_mask = (t.to(device) for t in pad_rows(rows, pad_id_of(model.tokenizer)))
+    counted = _counted_tokens(input_ids, attention_mask, _special_ids(model), input_ids)
     seen: dict[str, torch.Tensor] = {}
 
     def record(_module: torch.nn.Module, inputs: tuple, _output: Any) -> None:
-        seen["scores"] = memories.scores(inputs[0], attention_mask.bool(), torch.float32)[1]
+        seen["scores"] = memories.scores(inputs[0], counted, torch.float32)[1]
 
     handle = module.register_forward_hook(record, prepend=True)
     try:
@@ -337,15 +343,22 @@ def prompt_scores(model: Any, module: torch.nn.Module, memories: SideMemories, p
     return seen["scores"].cpu()
 
 
-def _valid_tokens(attention_mask: Any, inputs: torch.Tensor) -> torch.Tensor | None:
-    """Which of the layer's tokens are not padding: the last ``seq`` columns of the forward's
-    attention mask (all of it, or the current token's column in cached decoding)."""
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
-        return None
+def _special_ids(model: Any) -> torch.Tensor:
+    return torch.tensor(sorted(set(model.tokenizer.all_special_ids)), dtype=torch.long)
+
+
+def _counted_tokens(input_ids: Any, attention_mask: Any, special: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor | None:
+    """Which of the layer's ``seq`` tokens a row's score counts: not padding and not a special
+    token (a BOS token's state is the same in every prompt and often huge, so it would route
+    everything or nothing). In cached decoding these are the last columns of the forward's ids."""
     batch, seq = inputs.shape[0], inputs.shape[1]
-    if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq:
-        return None
-    return attention_mask[:, -seq:].to(inputs.device).bool()
+    counted = None
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[0] == batch and input_ids.shape[1] >= seq:
+        counted = ~torch.isin(input_ids[:, -seq:], special.to(input_ids.device))
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and attention_mask.shape[0] == batch and attention_mask.shape[1] >= seq:
+        unpadded = attention_mask[:, -seq:].bool()
+        counted = unpadded if counted is None else counted & unpadded
+    return None if counted is None else counted.to(inputs.device)
 
 
 def _draw_mask(data: dict[str, Any]) -> torch.Tensor:
