@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         chosen = requests[: args.sequential]
         result = EditChain([("wise", options)]).apply(model, chosen, mode="sequential")
-        summary = evaluate_edits(model, chosen, protocols=PROTOCOLS, baseline=baseline).summary
+        summary = evaluate_edits(model, chosen, protocols=PROTOCOLS, baseline=baseline).summary()
         key = next(iter(summary))
         rows[f"sequential x{args.sequential}"] = {m: summary[key][m] for m in METRICS}
         rows[f"sequential x{args.sequential}"]["seconds"] = time.perf_counter() - started
