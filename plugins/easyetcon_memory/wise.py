@@ -4,14 +4,16 @@ The *main memory* is the model's own FFN output projection ``W`` (the value matr
 layer; it never changes. A *side memory* is a copy ``W + D`` of it, and edits go only there.
 At the layer, an input with FFN activations ``a`` (the projection's input) gets the *activation
 score* ``||a D^T||`` per token, the size of the difference between the side and main outputs;
-a row's score is its largest token score. The *router* sends a row through the side memory
-(``output + a D^T``) when its score is above the memory's threshold, else through the main
-memory untouched (bit-identical output).
+a row's score is its largest over tokens that are neither padding nor special (BOS). The
+*router* sends a row through the side memory (``output + a D^T``) when its score is above the
+memory's threshold, else through the main memory untouched (bit-identical output); a cached
+decoding step keeps the routing its prompt got.
 
 Each edit trains ``D`` by SGD on the target's NLL plus the paper's margin terms: the edit's
-score above ``edit_margin`` (β), scores of irrelevant prompts below ``irrelevant_margin`` (α)
-and the edit's at least ``gap_margin`` (γ) above theirs. The threshold is ``threshold_ratio``
-times the smallest score of the memory's own edits after training.
+score (at its prompt's last token) above ``edit_margin`` (β), scores of irrelevant prompts
+below ``irrelevant_margin`` (α) and the edit's at least ``gap_margin`` (γ) above theirs. The
+threshold is ``threshold_ratio`` times the smallest score of the memory's edits, all scored
+again after each edit.
 
 *Knowledge sharding*: edits come in shards of ``edits_per_shard``; each shard trains its own
 ``D`` from zero under a random mask (a share ``mask_ratio`` of the matrix's entries, only
