@@ -20,7 +20,7 @@ def converted(name):
     return convert_hparams(read_hparams(FILES / name), get_host().registry)
 
 
-@pytest.mark.parametrize("name", ["rome.yaml", "alphaedit.yaml", "ft.yaml", "ultraedit.yaml", "grace.yaml", "lora.yaml"])
+@pytest.mark.parametrize("name", ["rome.yaml", "alphaedit.yaml", "ft.yaml", "ultraedit.yaml", "grace.yaml", "wise.yaml", "lora.yaml"])
 def test_every_key_is_mapped_or_said_why_not_and_the_spec_loads(name, tmp_path):
     result = converted(name)
     keys = set(read_hparams(FILES / name))
@@ -66,6 +66,16 @@ def test_ultraedit_reads_layers_and_module_from_its_module_names():
     mixed = {**read_hparams(FILES / "ultraedit.yaml"), "inner_params": ["model.layers.3.mlp.gate_proj", "model.layers.4.mlp.up_proj"]}
     result = convert_hparams(mixed, get_host().registry)
     assert "layers" not in result.spec["chain"][0] and "gate projections" in result.unmapped["inner_params"]
+
+
+def test_wise_takes_the_papers_margins_and_shards():
+    result = converted("wise.yaml")
+    assert result.spec["chain"][0] == {
+        "editor": "wise", "layer": 27, "mask_ratio": 0.2, "learning_rate": 1.0, "steps": 70, "norm_bound": 1.0,
+        "threshold_ratio": 0.88, "edits_per_shard": 500, "merge_density": 0.53, "irrelevant_margin": 5.0,
+        "edit_margin": 20.0, "gap_margin": 10.0, "shards_per_merge": 2,
+    }
+    assert "WISE-Retrieve" in result.unmapped["retrieve"] and "equal weights" in result.unmapped["weights"]
 
 
 def test_grace_and_lora_find_their_layer_and_modules_in_module_names():

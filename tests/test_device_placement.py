@@ -72,6 +72,7 @@ EDITS = {
     "retrieval-memory": ({"retriever": "tfidf", "threshold": 0.5}, subject_final_requests),
     "ike": ({"retriever": "tfidf", "k": 4}, subject_final_requests),
     "serac": ({"classifier": serac_classifier_file()}, subject_final_requests),
+    "wise": ({"layer": -1, "steps": 10, "learning_rate": 50.0, "norm_bound": 100.0, "mask_ratio": 0.5}, subject_final_requests),
     "lora-merge": ({"steps": 5, "learning_rate": 0.05, "rank": 4, "layers": [1, 2]}, subject_final_requests),
     "tpsft": ({"rounds": 3, "learning_rate": 1e-2, "weights": {"layers": [1, 2]}}, tpsft_requests),
     "grpo": (

@@ -1,4 +1,4 @@
-"""easyetcon built-in plugin: external memory (``retrieval-memory``, ``ike``, ``serac`` and ``grace``).
+"""easyetcon built-in plugin: external memory (``retrieval-memory``, ``ike``, ``serac``, ``grace`` and ``wise``).
 
 .. code-block:: python
 
@@ -51,6 +51,9 @@ _EXPORTS = {
     "read_store": "easyetcon_memory.storage",
     "save_memory": "easyetcon_memory.storage",
     "save_store": "easyetcon_memory.storage",
+    "Wise": "easyetcon_memory.wise",
+    "WiseConfig": "easyetcon_memory.wise",
+    "ties_merge": "easyetcon_memory.wise",
 }
 
 __all__ = sorted(_EXPORTS)

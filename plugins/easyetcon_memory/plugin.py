@@ -38,9 +38,18 @@ def easyetcon_register_memory_editors(register) -> None:
         subfamily="codebook",
         summary="GRACE: a codebook of keys, trained values and radii that replaces one layer's output in range.",
     )
+    register(
+        "wise",
+        "easyetcon_memory.wise:Wise",
+        config="easyetcon_memory.wise:WiseConfig",
+        subfamily="side-memory",
+        summary="WISE: edits trained into masked shards of a side copy of one FFN value matrix, merged TIES-style; "
+        "a router sends inputs whose activation score passes a threshold through it.",
+    )
 
 
 @hookimpl
 def easyetcon_register_hparams_converters(register: Any) -> None:
     register("GRACE", "easyetcon_memory.hparams:convert_grace", summary="EasyEdit GRACE -> grace")
     register("IKE", "easyetcon_memory.hparams:convert_ike", summary="EasyEdit IKE -> ike")
+    register("WISE", "easyetcon_memory.hparams:convert_wise", summary="EasyEdit WISE -> wise")

@@ -74,3 +74,10 @@ class TestSeracConformance(EditorConformance):
         if model is None:
             pytest.skip("needs the fact world's shipped model (plugins/easyetcon_world/assets/default)")
         self.assert_edit_predicts_targets(model, world_requests(3), where="the fact world's shipped model")
+class TestWiseConformance(EditorConformance):
+    editor = "wise"
+    options = {"layer": -1, "steps": 100, "learning_rate": 50.0, "norm_bound": 100.0, "mask_ratio": 0.5,
+               "edit_margin": 2.0, "irrelevant_margin": 0.5, "gap_margin": 1.0}
+    invalid_options = [{"mask_ratio": 0}, {"mask_ratio": 1.5}, {"steps": 0}, {"learning_rate": -1.0},
+                       {"threshold_ratio": 0}, {"irrelevant_prompts": []}, {"irrelevant_prompts": [" "]},
+                       {"edits_per_shard": 0}, {"merge_density": 0}]
