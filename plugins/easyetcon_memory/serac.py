@@ -39,18 +39,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.errors import ConfigError
 from easyetcon.records import MemoryStore, tensor_digest
 from easyetcon.requests import EditRequest
 from easyetcon_memory.retrieval import (
     DEFAULT_EMBEDDING_MODEL,
+    ContextTemplate,
+    FactTemplate,
     SentenceEmbedder,
     TfidfRetriever,
-    check_template,
     choose_retriever,
     embeddings_available,
+    same_fact,
 )
 from easyetcon_memory.storage import StoreCache, require_entries
 
@@ -74,22 +76,11 @@ class SeracConfig(BaseModel):
         default=0.5, ge=0.0, le=1.0,
         description="classifier score a query's best edit must exceed to be in scope (the paper: 0.5)",
     )
-    fact_template: str = Field(default="{prompt} {target}.", description="the edit as stated; fields: prompt, target, subject")
-    context_template: str = Field(
+    fact_template: FactTemplate = Field(default="{prompt} {target}.", description="the edit as stated; fields: prompt, target, subject")
+    context_template: ContextTemplate = Field(
         default="{fact} {prompt}", description="how the counterfactual model is asked; fields: fact, prompt"
     )
     device: str = Field(default="cpu", description="device of the sentence-embedding model")
-
-    @field_validator("fact_template")
-    @classmethod
-    def _fact_fields(cls, value: str) -> str:
-        return check_template(value, allowed={"prompt", "target", "subject"}, required={"target"})
-
-    @field_validator("context_template")
-    @classmethod
-    def _context_fields(cls, value: str) -> str:
-        return check_template(value, allowed={"fact", "prompt"}, required={"fact", "prompt"})
-
 
 # ------------------------------------------------------------------------------------------
 # The scope classifier
@@ -379,7 +370,7 @@ class Serac:
         the older entry."""
         for request in requests:
             for entry_id, entry in store.items():
-                if _same_fact(entry.data, request):
+                if same_fact(entry.data, request):
                     store.remove(entry_id)
             store.add({
                 "prompt": request.prompt,
@@ -428,11 +419,3 @@ class Serac:
             decisions.append(SeracDecision(query, score > self.config.threshold, score, entry_id, data["fact"],
                                            data.get("request_id")))
         return decisions
-
-
-def _same_fact(data: dict[str, Any], request: EditRequest) -> bool:
-    if data["subject"].casefold() != request.subject.casefold():
-        return False
-    if data.get("relation") and request.relation:
-        return data["relation"] == request.relation
-    return data["prompt"] == request.prompt
