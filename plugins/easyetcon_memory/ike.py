@@ -56,7 +56,9 @@ from easyetcon_memory.retrieval import (
     choose_retriever,
     make_scorer,
     mentions_subject,
-    same_fact,
+    fact_entry,
+    fact_sentence,
+    forget_same_fact,
 )
 from easyetcon_memory.storage import StoreCache, require_entries
 
@@ -194,21 +196,11 @@ class Ike:
                 self._pool = self._load_pool()
             store.add(self._pool)
         for request in requests:
-            for entry_id, entry in store.items():
-                if entry.data["kind"] == "fact" and same_fact(entry.data, request):
-                    store.remove(entry_id)
-            fact = self.config.fact_template.format(
-                prompt=request.prompt, target=request.target_new, subject=request.subject
-            )
+            forget_same_fact(store, request, is_fact=lambda data: data["kind"] == "fact")
+            entry = fact_entry(request, self.config.fact_template)
             store.add({
-                "kind": "fact",
-                "request_id": request.request_id,
-                "prompt": request.prompt,
-                "subject": request.subject,
-                "relation": request.relation,
-                "target": request.target_new,
-                "fact": fact,
-                "demonstrations": [d.as_dict() for d in demonstrations_of(request, fact)],
+                "kind": "fact", **entry,
+                "demonstrations": [d.as_dict() for d in demonstrations_of(request, entry["fact"])],
             })
 
     def _load_pool(self) -> dict[str, Any]:
@@ -223,9 +215,7 @@ class Ike:
             raise ConfigError(f"ike: demonstrations_from {source!r} could not be loaded: {error}") from error
         demonstrations = []
         for request in requests:
-            fact = self.config.fact_template.format(
-                prompt=request.prompt, target=request.target_new, subject=request.subject
-            )
+            fact = fact_sentence(self.config.fact_template, request)
             demonstrations += [d.as_dict() for d in demonstrations_of(request, fact)]
         if not demonstrations:
             raise ConfigError(f"ike: demonstrations_from {source!r} holds no requests")

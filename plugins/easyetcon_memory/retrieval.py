@@ -35,7 +35,7 @@ import warnings
 import weakref
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -357,34 +357,16 @@ class RetrievalMemory:
     def attach(self, model: Any, store: MemoryStore) -> None:
         """Install the prompt rewriter that puts in-scope facts in front of prompts."""
         self._stores[id(model)] = store
-
-        def rewrite(prompts: list[str]) -> list[str]:
-            if len(store) == 0:  # nothing edited (or everything undone): the model is untouched
-                return list(prompts)
-            return [
-                self.config.context_template.format(fact=match.fact, prompt=prompt) if match.in_scope else prompt
-                for prompt, match in zip(prompts, self._match(store, prompts))
-            ]
-
-        model.add_prompt_rewriter(f"retrieval-memory:{store.name}", rewrite)
+        install_fact_rewriter(model, f"retrieval-memory:{store.name}", store, self.config.context_template, self._match)
 
     def edit(self, model: Any, store: MemoryStore, requests: Sequence[EditRequest]) -> None:
         """Store one entry per request; a newer edit of the same subject and relation replaces
         the older entry."""
         for request in requests:
-            for entry_id, entry in store.items():
-                if same_fact(entry.data, request):
-                    store.remove(entry_id)
+            forget_same_fact(store, request)
             data = {
-                "prompt": request.prompt,
-                "subject": request.subject,
-                "relation": request.relation,
-                "target": request.target_new,
-                "fact": self.config.fact_template.format(
-                    prompt=request.prompt, target=request.target_new, subject=request.subject
-                ),
+                **fact_entry(request, self.config.fact_template),
                 "paraphrases": list(request.rephrase_prompts),
-                "request_id": request.request_id,
                 "retriever": self.retriever,
             }
             key_text = self._key_texts(data)[0]
@@ -523,6 +505,49 @@ def mentions_subject(text: str, subject: str) -> bool:
     if subject not in text:  # cheap test first; most entries fail it
         return False
     return re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", text) is not None
+
+
+def install_fact_rewriter(
+    model: Any, key: str, store: MemoryStore, context_template: str,
+    decide: Callable[[MemoryStore, list[str]], Sequence[Any]],
+) -> None:
+    """Install under ``key`` the rewriter of a memory that states an in-scope edit's fact in
+    front of the prompt: ``decide(store, prompts)`` gives per prompt an object with ``in_scope``
+    and ``fact``; an out-of-scope prompt, or any prompt while ``store`` is empty, is left as it is."""
+
+    def rewrite(prompts: list[str]) -> list[str]:
+        if len(store) == 0:  # nothing edited (or everything undone): the model is untouched
+            return list(prompts)
+        return [
+            context_template.format(fact=decision.fact, prompt=prompt) if decision.in_scope else prompt
+            for prompt, decision in zip(prompts, decide(store, prompts))
+        ]
+
+    model.add_prompt_rewriter(key, rewrite)
+
+
+def fact_sentence(template: str, request: EditRequest) -> str:
+    """``request``'s new fact written with a :data:`FactTemplate`."""
+    return template.format(prompt=request.prompt, target=request.target_new, subject=request.subject)
+
+
+def fact_entry(request: EditRequest, template: str) -> dict[str, Any]:
+    """What every memory editor stores of an edit: its prompt, subject, relation, target, the
+    fact sentence and the request's id."""
+    return {
+        "prompt": request.prompt, "subject": request.subject, "relation": request.relation,
+        "target": request.target_new, "fact": fact_sentence(template, request), "request_id": request.request_id,
+    }
+
+
+def forget_same_fact(
+    store: MemoryStore, request: EditRequest, *, is_fact: Callable[[dict[str, Any]], bool] = lambda data: True
+) -> None:
+    """Remove the entries (among those ``is_fact`` accepts) that state the fact ``request``
+    edits again, so the newer edit replaces them."""
+    for entry_id, entry in store.items():
+        if is_fact(entry.data) and same_fact(entry.data, request):
+            store.remove(entry_id)
 
 
 def same_fact(data: dict[str, Any], request: EditRequest) -> bool:

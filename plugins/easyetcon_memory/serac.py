@@ -52,7 +52,9 @@ from easyetcon_memory.retrieval import (
     TfidfRetriever,
     choose_retriever,
     embeddings_available,
-    same_fact,
+    fact_entry,
+    forget_same_fact,
+    install_fact_rewriter,
 )
 from easyetcon_memory.storage import StoreCache, require_entries
 
@@ -354,35 +356,14 @@ class Serac:
     def attach(self, model: Any, store: MemoryStore) -> None:
         """Install the prompt rewriter that sends in-scope queries to the counterfactual model."""
         self._stores[id(model)] = store
-
-        def rewrite(prompts: list[str]) -> list[str]:
-            if len(store) == 0:  # nothing edited (or everything undone): the model is untouched
-                return list(prompts)
-            return [
-                self.config.context_template.format(fact=d.fact, prompt=prompt) if d.in_scope else prompt
-                for prompt, d in zip(prompts, self._decide(store, prompts))
-            ]
-
-        model.add_prompt_rewriter(f"serac:{store.name}", rewrite)
+        install_fact_rewriter(model, f"serac:{store.name}", store, self.config.context_template, self._decide)
 
     def edit(self, model: Any, store: MemoryStore, requests: Sequence[EditRequest]) -> None:
         """Store one entry per request; a newer edit of the same subject and relation replaces
         the older entry."""
         for request in requests:
-            for entry_id, entry in store.items():
-                if same_fact(entry.data, request):
-                    store.remove(entry_id)
-            store.add({
-                "prompt": request.prompt,
-                "subject": request.subject,
-                "relation": request.relation,
-                "target": request.target_new,
-                "fact": self.config.fact_template.format(
-                    prompt=request.prompt, target=request.target_new, subject=request.subject
-                ),
-                "request_id": request.request_id,
-                "classifier": self.classifier.fingerprint,
-            })
+            forget_same_fact(store, request)
+            store.add({**fact_entry(request, self.config.fact_template), "classifier": self.classifier.fingerprint})
 
     # ---- queries ---------------------------------------------------------------------------------
     def lookup(self, memory: Any, queries: Sequence[str] | str) -> list[SeracDecision]:

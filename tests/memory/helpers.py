@@ -77,3 +77,17 @@ def serac_classifier_file() -> str:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     classifier = train_serac_classifier(people_requests(), retriever="tfidf", epochs=100, hidden=16)
     return str(classifier.save(Path(folder) / "classifier.safetensors"))
+
+
+
+def birthplace_request() -> EditRequest:
+    """A third edit beside :func:`people_requests`, of a third relation, with a rephrase and a
+    same-subject locality probe."""
+    return EditRequest(
+        prompt="Lira Montague was born in the city of",
+        subject="Lira Montague",
+        target_new="Quellport",
+        relation="born_in",
+        rephrase_prompts=["The birthplace of Lira Montague is"],
+        locality=[Probe(prompt="Lira Montague works for", answer="Brightwater")],
+    )

@@ -10,27 +10,17 @@ import pytest
 from easyetcon.chain import EditChain
 from easyetcon.errors import ChainStepError, ConfigError
 from easyetcon.plugins import get_host
-from easyetcon.requests import EditRequest, Probe, save_requests
+from easyetcon.requests import EditRequest, save_requests
 from easyetcon.spec import parse_chain_spec
 from easyetcon.testing import tiny_model
 from easyetcon_memory import IkeConfig, load_memory, save_memory
+from tests.memory.helpers import birthplace_request as third_request
 from tests.memory.helpers import people_requests
 
 # The tiny models have 128 positions and a character-level tokenizer: no demonstration would
 # fit. The rewriter's text is what these tests read, not the model's answer, so the context is
 # widened unless a test is about it.
 TFIDF = {"retriever": "tfidf", "max_context_tokens": 100_000}
-
-
-def third_request() -> EditRequest:
-    return EditRequest(
-        prompt="Lira Montague was born in the city of",
-        subject="Lira Montague",
-        target_new="Quellport",
-        relation="born_in",
-        rephrase_prompts=["The birthplace of Lira Montague is"],
-        locality=[Probe(prompt="Lira Montague works for", answer="Brightwater")],
-    )
 
 
 def requests() -> list[EditRequest]:

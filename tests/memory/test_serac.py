@@ -14,7 +14,7 @@ import torch
 from easyetcon.chain import EditChain
 from easyetcon.errors import ConfigError
 from easyetcon.plugins import get_host
-from easyetcon.requests import EditRequest, Probe
+from easyetcon.requests import EditRequest
 from easyetcon.spec import parse_chain_spec
 from easyetcon.testing import tiny_model
 from easyetcon_memory import (
@@ -26,18 +26,8 @@ from easyetcon_memory import (
     scope_examples,
     train_serac_classifier,
 )
+from tests.memory.helpers import birthplace_request as third_request
 from tests.memory.helpers import people_requests
-
-
-def third_request() -> EditRequest:
-    return EditRequest(
-        prompt="Lira Montague was born in the city of",
-        subject="Lira Montague",
-        target_new="Quellport",
-        relation="born_in",
-        rephrase_prompts=["The birthplace of Lira Montague is"],
-        locality=[Probe(prompt="Lira Montague works for", answer="Brightwater")],
-    )
 
 
 def requests() -> list[EditRequest]:
