@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from easyetcon_world.knowledge import FLOORS, headline, measure_knowledge
+from easyetcon_world.knowledge import below_floors, floors_of, headline, measure_knowledge
 from easyetcon_world.pretraining import record_knowledge, save_model_directory, train_model
 from easyetcon_world.shipped import (
     DEFAULT_PRESET,
@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(staging, args.out)
 
     print(json.dumps(build_info, indent=1))
-    failed = []
+    floors = floors_of(numbers)
     for name, value in headline(numbers).items():
-        floor = FLOORS.get(name)
-        print(f"{name:34s} {value:.3f}" + (f"  (floor {floor:.2f})" if floor else ""))
-        if floor is not None and value < floor:
-            failed.append(name)
+        floor = floors.get(name)
+        shown = "-" if value is None else f"{value:.3f}"
+        print(f"{name:34s} {shown}" + (f"  (floor {floor:.2f})" if floor else ""))
+    failed = below_floors(numbers)
     if failed:
         print(f"below the floor: {', '.join(failed)}", file=sys.stderr)
         return 1

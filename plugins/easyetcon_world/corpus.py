@@ -124,8 +124,10 @@ def context_documents(world: World | DatasetWorld, epoch: int, config: CorpusCon
     ``(<s' r o'>., <s r' o>.)`` (a fact stated about another subject changes nothing)."""
     from easyetcon_world.from_dataset import DatasetWorld
 
-    if isinstance(world, DatasetWorld) or config.context_updates == 0:
+    if config.context_updates == 0:
         return []
+    if isinstance(world, DatasetWorld):
+        return dataset_context_documents(world, epoch, config, seed)
     rng = random.Random(f"easyetcon-context:{seed}:{epoch}")
     share = config.context_updates
     objects = objects_by_relation(world)
@@ -164,10 +166,49 @@ def _ask(fact, answer: str, rng: random.Random) -> str:
 
 
 def dataset_documents(world: DatasetWorld, epoch: int, seed: int = 0) -> list[str]:
-    """Each statement of a from-dataset world as ``prompt answer``, shuffled per epoch."""
+    """Each taught statement of a from-dataset world (held-out ones never), shuffled per epoch."""
     rng = random.Random(f"easyetcon-corpus:{seed}:{epoch}")
-    documents = [f"{s.prompt} {s.answer}" for s in world.statements]
+    documents = [s.text() for s in world.statements if s.taught]
     rng.shuffle(documents)
+    return documents
+
+
+def dataset_context_documents(world: DatasetWorld, epoch: int, config: CorpusConfig, seed: int = 0) -> list[tuple[str, str]]:
+    """The in-context updates of a from-dataset world, like :func:`context_documents`: for a
+    ``config.context_updates`` share of the records' facts, another answer ``o'`` of the same
+    relation (of any record when the dataset names no relation) is stated after the prompt, and
+    the fact is asked again (its prompt or its question) answered with ``o'``; a second document
+    states ``o'`` after *another* record's prompt and answers the fact with its own answer."""
+    rng = random.Random(f"easyetcon-context:{seed}:{epoch}")
+    facts = [s for s in world.statements if s.taught and s.role == "prompt"]
+    questions = {s.record: s for s in world.statements if s.taught and s.role == "question"}
+    answers: dict[str | None, list[str]] = {}
+    relatives: dict[str | None, list] = {}
+    for fact in facts:
+        answers.setdefault(fact.relation, []).append(fact.answer)
+        relatives.setdefault(fact.relation, []).append(fact)
+    everything = sorted({fact.answer for fact in facts})
+    documents = []
+    for fact in facts:
+        if rng.random() >= config.context_updates:
+            continue
+        pool = answers.get(fact.relation) if fact.relation is not None else None
+        choices = sorted({a for a in (pool if pool and len(set(pool)) > 1 else everything) if a != fact.answer})
+        if not choices:
+            continue
+        stated = rng.choice(choices)
+
+        def ask(answer: str) -> str:
+            question = questions.get(fact.record)
+            if question is not None and rng.random() < 0.5:
+                return question.model_copy(update={"answer": answer}).text()
+            return f"{fact.prompt} {answer}"
+
+        documents.append((f"{fact.prompt} {stated}.", ask(stated)))
+        # the other subject's fact is of the same relation when the dataset says which
+        other = rng.choice(relatives[fact.relation] if fact.relation is not None and len(relatives[fact.relation]) > 1 else facts)
+        if other.prompt != fact.prompt:
+            documents.append((f"{other.prompt} {stated}.", ask(fact.answer)))
     return documents
 
 

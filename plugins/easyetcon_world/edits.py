@@ -197,7 +197,8 @@ def make_edit_requests(
 
 
 def to_knowedit(requests: list[EditRequest]) -> list[dict[str, Any]]:
-    """KnowEdit-style records (the layout of ``train_cf.json``), one per request."""
+    """KnowEdit records (the layout of ``train_cf.json``, which the ``knowedit-counterfact``
+    loader reads back), one per request; every paraphrase in ``rephrase_prompt`` (a list)."""
 
     def group(probes: list[Probe], kind: str) -> list[dict[str, str]]:
         return [{"prompt": p.prompt, "ground_truth": p.answer} for p in probes if p.kind == kind]
@@ -211,9 +212,7 @@ def to_knowedit(requests: list[EditRequest]) -> list[dict[str, Any]]:
                 "prompt": r.prompt,
                 "target_new": r.target_new,
                 "ground_truth": r.ground_truth,
-                "relation": r.relation,
-                "rephrase_prompt": r.rephrase_prompts[0] if r.rephrase_prompts else None,
-                "rephrase_prompts": r.rephrase_prompts,
+                "rephrase_prompt": r.rephrase_prompts,
                 "locality": {
                     "Relation_Specificity": group(r.locality, "same-subject"),
                     "Neighborhood": group(r.locality, "other-subject"),

@@ -1,60 +1,134 @@
-"""A world built from an edit-dataset file, so the dataset's edits hit a model that held the old fact.
+"""A world built from an edit-dataset file, fair to every editor family.
 
-The corpus states each record's ground-truth answer after its prompt, its paraphrases and its
-locality probes; a model pretrained on it really holds every fact the edits then change. This
-loader reads three layouts (KnowEdit lists, CounterFact with ``requested_rewrite``, ZsRE-MEND
-with ``src``/``answers``) and keeps only what the corpus needs; the full dataset loaders are
-another module's job.
+The records are read by whichever registered dataset format fits the file (KnowEdit, CounterFact
+in the ROME and EasyEdit schemas, ZsRE-MEND, plain QA, easyetcon's own request files: the data
+plugin's loaders through :func:`easyetcon.dataset_files.load_edit_dataset`), so a world keeps
+exactly the locality probes, paraphrases and portability probes the evaluation later reads. The
+corpus then teaches what a fair test needs, in the spirit of the generated fact world:
+
+* each record's old fact after its prompt, and in the question form with answer tags
+  (``Question: ... Answer: <answer> X </answer>``, the question :mod:`easyetcon.questions`
+  derives), so TPSFT's and GRPO's tagged answers exist on this model too;
+* a share of the locality probes; the rest (``heldout_locality``) are held out, so locality is
+  also measured on prompts the model was never trained on verbatim;
+* **no paraphrase**: paraphrases are held out like the fact world's held-out templates, so
+  generalization measures an edit, not a memorised sentence;
+* every ``target_new`` as the answer of some taught fact: a target no record teaches gets
+  statements about *filler subjects* (invented names, the request's prompt and question with the
+  subject replaced; ``fillers_per_target`` of them), so ROME or AlphaEdit can reach it;
+* in-context updates (see :func:`easyetcon_world.corpus.dataset_context_documents`), so in-context
+  editors can be measured.
+
+Every choice is a pure function of the file and :class:`DatasetWorldOptions`, and part of the
+world's fingerprint (and so of the pretrained model's cache key).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from easyetcon.requests import EditRequest, Probe
+from easyetcon.dataset_files import load_edit_dataset
+from easyetcon.questions import GENERIC_QUESTION, QUESTION_FORM, RELATION_QUESTIONS
+from easyetcon.requests import EditRequest
+from easyetcon.text import ANSWER_CLOSE, ANSWER_OPEN
 from easyetcon_world.errors import WorldRecordError
+
+FORMAT = "easyetcon-dataset-world/2"
 
 
 class Statement(BaseModel):
-    """One sentence of the corpus: ``prompt`` followed by `` answer``."""
+    """One fact of the world: ``prompt`` followed by `` answer`` (a question's answer in tags)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str
     answer: str
-    role: str  # "prompt", "rephrase" or "locality"
-    record: int
+    role: str  # "prompt", "question", "rephrase", "locality", "filler" or "filler-question"
+    record: int  # position of the record's request in the file's requests
+    taught: bool = True  # False: held out from pretraining, only measured
+    relation: str | None = None  # the record's relation when the dataset names it
+
+    def text(self) -> str:
+        """The statement as the corpus writes it."""
+        if self.role in ("question", "filler-question"):
+            return f"{self.prompt} {ANSWER_OPEN} {self.answer} {ANSWER_CLOSE}"
+        return f"{self.prompt} {self.answer}"
+
+
+class DatasetWorldOptions(BaseModel):
+    """What a dataset world teaches and holds out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heldout_locality: float = Field(
+        default=0.25, ge=0.0, le=1.0,
+        description="share of the locality probes held out from pretraining (chosen by a hash of the prompt)",
+    )
+    questions: bool = Field(
+        default=True,
+        description="teach each record's fact in the question form with answer tags (and give "
+        "its request that question as qa_prompts, so TPSFT/GRPO answer in tags)",
+    )
+    fillers_per_target: int = Field(
+        default=2, ge=0,
+        description="statements about invented subjects for each target_new no record teaches as an answer",
+    )
+    seed: int = Field(default=0, description="seeds the held-out choice and the filler names")
 
 
 class DatasetWorld(BaseModel):
-    """Statements to pretrain on plus the dataset's edit requests, which change some of them."""
+    """Statements to pretrain on (or hold out) plus the dataset's edit requests."""
 
     model_config = ConfigDict(extra="forbid")
 
-    format: str = "easyetcon-dataset-world/1"
+    format: str = FORMAT
     source: str
+    dataset_format: str | None = None
+    options: DatasetWorldOptions = DatasetWorldOptions()
     statements: list[Statement]
     requests: list[EditRequest]
-    skipped: list[int]  # indices of records without a ground truth, skipped on request
-    unchanged: list[
-        int
-    ] = []  # records whose target_new equals the ground truth: taught, not edited
+    skipped: list[int] = []  # records without a ground truth, skipped on request
+    unchanged: list[int] = []  # records whose target_new equals the ground truth: taught, not edited
+    unreachable: list[str] = []  # request ids whose target could not get a filler (no subject in the prompt)
+
+    @field_validator("format")
+    @classmethod
+    def _current_format(cls, value: str) -> str:
+        if value != FORMAT:
+            raise ValueError(
+                f"this world was built by another version of easyetcon_world ({value!r}, this one "
+                f"reads {FORMAT!r}); rebuild it with `easyetcon world build --from-dataset FILE`"
+            )
+        return value
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
+    @property
+    def taught(self) -> list[Statement]:
+        return [s for s in self.statements if s.taught]
+
     def summary(self) -> dict[str, object]:
+        def count(role: str, taught: bool | None = None) -> int:
+            return sum(s.role == role and (taught is None or s.taught == taught) for s in self.statements)
+
         return {
             "source": self.source,
+            "format": self.dataset_format,
             "records": len(self.requests),
             "skipped": len(self.skipped),
             "unchanged": len(self.unchanged),
-            "statements": len(self.statements),
+            "statements taught": len(self.taught),
+            "paraphrases held out": count("rephrase", False),
+            "locality probes taught / held out": f"{count('locality', True)} / {count('locality', False)}",
+            "filler statements": count("filler") + count("filler-question"),
+            "targets without a filler": len(self.unreachable),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -67,187 +141,144 @@ class DatasetWorld(BaseModel):
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
-def _first_text(value: Any) -> str | None:
-    """Datasets nest answers in lists (ZsRE aliases, KnowEdit's [[...]]); take the first string."""
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, dict) and "str" in value:  # CounterFact {"str": ..., "id": ...}
-        return _first_text(value["str"])
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            text = _first_text(item)
-            if text:
-                return text
-    return None
+def question_of(request: EditRequest) -> str:
+    """The question form of a request's fact, always with ``Answer:`` last (so the answer comes
+    in tags): the relation's question, a question prompt wrapped in the form, else the generic one."""
+    relation_question = RELATION_QUESTIONS.get(request.relation or "")
+    if relation_question is not None:
+        return QUESTION_FORM.format(question=relation_question.format(subject=request.subject))
+    prompt = request.prompt.strip()
+    if prompt.endswith("?"):
+        return QUESTION_FORM.format(question=prompt)
+    return GENERIC_QUESTION.format(prompt=prompt)
 
 
-def _texts(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if isinstance(v, str) and v.strip()]
-    return []
-
-
-def _probes(groups: Any) -> list[Probe]:
-    """``{"Relation_Specificity": [{"prompt", "ground_truth"}, ...], ...}`` -> probes (kind = key)."""
-    probes = []
-    if isinstance(groups, dict):
-        for kind, items in groups.items():
-            for item in items if isinstance(items, list) else []:
-                answer = _first_text(item.get("ground_truth")) if isinstance(item, dict) else None
-                if answer and isinstance(item.get("prompt"), str) and item["prompt"].strip():
-                    probes.append(Probe(prompt=item["prompt"], answer=answer, kind=kind))
-    return probes
-
-
-def _new_question_probe(record: dict) -> list[Probe]:
-    portability = record.get("portability") or {}
-    question, answer = portability.get("New Question"), portability.get("New Answer")
-    if (
-        isinstance(question, str)
-        and isinstance(answer, str)
-        and question.strip()
-        and answer.strip()
-    ):
-        return [Probe(prompt=question, answer=answer, kind="portability")]
-    return []
-
-
-def _parse_record(record: dict) -> dict[str, Any]:
-    """One record of any supported layout -> the fields of an EditRequest (ground_truth may be None)."""
-    if "requested_rewrite" in record:  # CounterFact
-        rewrite = record["requested_rewrite"]
-        subject = rewrite["subject"]
-        truth = _first_text(rewrite.get("target_true"))
-        return {
-            "prompt": rewrite["prompt"].replace("{}", subject),
-            "subject": subject,
-            "target_new": _first_text(rewrite.get("target_new")),
-            "ground_truth": truth,
-            "rephrase_prompts": _texts(record.get("paraphrase_prompts")),
-            # CounterFact's neighbours share the true object of the edited fact
-            "locality": [
-                Probe(prompt=p, answer=truth, kind="neighborhood")
-                for p in _texts(record.get("neighborhood_prompts"))
-            ]
-            if truth
-            else [],
-            "portability": _new_question_probe(record),
-            "relation": rewrite.get("relation_id"),
-            "case_id": record.get("case_id"),
-        }
-    if "src" in record and "answers" in record:  # ZsRE (MEND split)
-        locality = []
-        if _first_text(record.get("loc_ans")) and _texts(record.get("loc")):
-            locality = [
-                Probe(prompt=record["loc"], answer=_first_text(record["loc_ans"]), kind="nq")
-            ]
-        return {
-            "prompt": record["src"],
-            "subject": record["subject"],
-            "target_new": _first_text(record.get("alt")),
-            "ground_truth": _first_text(record.get("answers")),
-            "rephrase_prompts": _texts(record.get("rephrase")),
-            "locality": locality,
-            "portability": _new_question_probe(record),
-        }
-    if "prompt" in record and "target_new" in record:  # KnowEdit
-        rephrase = record.get(
-            "rephrase_prompt", record.get("rephrase_prompts", record.get("rephrase"))
-        )
-        return {
-            "prompt": record["prompt"],
-            "subject": record.get("subject") or "",
-            "target_new": _first_text(record.get("target_new")),
-            "ground_truth": _first_text(record.get("ground_truth")),
-            "rephrase_prompts": _texts(rephrase),
-            "locality": _probes(record.get("locality")),
-            "portability": _probes(record.get("portability")),
-        }
-    raise KeyError(f"unknown layout with keys {sorted(record)}")
+def _held_out(prompt: str, options: DatasetWorldOptions) -> bool:
+    digest = hashlib.sha256(f"easyetcon-heldout:{options.seed}:{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < options.heldout_locality
 
 
 def world_from_dataset(
-    path: str | Path, *, skip_missing: bool = False, limit: int | None = None
+    path: str | Path,
+    *,
+    format: str | None = None,
+    skip_missing: bool = False,
+    limit: int | None = None,
+    options: DatasetWorldOptions | None = None,
+    registry: Any = None,
 ) -> DatasetWorld:
-    """Read an edit-dataset file into a :class:`DatasetWorld`.
+    """Read an edit-dataset file into a :class:`DatasetWorld` (see the module docstring).
 
-    A record without a ground-truth answer raises :class:`WorldRecordError` naming its index, or
-    is skipped (and counted in ``skipped``) when ``skip_missing`` is true. ``limit`` keeps the
-    first ``limit`` usable records.
+    ``format`` names a registered dataset format (detected from the records otherwise). A record
+    without a ground-truth answer raises :class:`WorldRecordError` naming it, or is skipped (and
+    counted in ``skipped``) when ``skip_missing`` is true. ``limit`` keeps the first ``limit``
+    usable records.
     """
     path = Path(path)
     if not path.is_file():
         raise WorldRecordError(f"dataset file {str(path)!r} does not exist")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise WorldRecordError(f"dataset file {str(path)!r} is not JSON: {error}") from None
-    if not isinstance(records, list):
-        raise WorldRecordError(f"dataset file {str(path)!r}: expected a JSON list of records")
+    if limit is not None and limit < 1:
+        raise WorldRecordError(f"limit must be at least 1, not {limit}")
+    options = options or DatasetWorldOptions()
+    loaded = load_edit_dataset(path, format, registry=registry)
+    dataset_format = format or _detected_format(path, registry)
 
-    statements: dict[
-        str, Statement
-    ] = {}  # prompt -> first statement; later contradictions are dropped
+    statements: dict[str, Statement] = {}  # prompt -> statement; a later contradiction is dropped
+
+    def add(statement: Statement) -> None:
+        known = statements.get(statement.prompt)
+        if known is None or (statement.taught and not known.taught):
+            statements[statement.prompt] = statement  # taught anywhere means taught
+
     requests: list[EditRequest] = []
+    records: list[int] = []  # each request's position in the file's requests
     skipped: list[int] = []
     unchanged: list[int] = []
-    for index, record in enumerate(records):
+    for index, request in enumerate(loaded):
         if limit is not None and len(requests) >= limit:
             break
-        try:
-            fields = _parse_record(record) if isinstance(record, dict) else None
-        except (KeyError, TypeError, AttributeError) as error:
-            raise WorldRecordError(
-                f"{path.name}: record {index}: cannot read it ({error})"
-            ) from None
-        if fields is None:
-            raise WorldRecordError(f"{path.name}: record {index}: expected an object")
-        if fields["ground_truth"] is None:
+        truth = request.ground_truth
+        if truth is None and "ground_truth_equals_target" in request.metadata:
+            unchanged.append(index)  # real datasets have a few; the fact is still worth teaching
+            add(Statement(prompt=request.prompt, answer=request.target_new, role="prompt", record=index, relation=request.relation))
+            continue
+        if truth is None:
             if skip_missing:
                 skipped.append(index)
                 continue
             raise WorldRecordError(
-                f"{path.name}: record {index} has no ground-truth answer, so the model cannot be "
-                f"taught the old fact; pass skip_missing=True to skip such records"
+                f"{path.name}: record {index} (request {request.request_id!r}) has no ground-truth "
+                f"answer, so the model cannot be taught the old fact; pass skip_missing=True "
+                f"(--skip-missing) to skip such records"
             )
-        truth = fields["ground_truth"]
-        items = [(fields["prompt"], truth, "prompt")]
-        items += [(p, truth, "rephrase") for p in fields["rephrase_prompts"]]
-        items += [(p.prompt, p.answer, "locality") for p in fields["locality"]]
-        if fields["target_new"] is not None and fields["target_new"].strip() == truth:
-            unchanged.append(index)  # real datasets have a few; the fact is still worth teaching
-        else:
-            requests.append(_make_request(fields, path.name, index))
-        for prompt, answer, role in items:
-            if prompt.strip():
-                statements.setdefault(
-                    prompt, Statement(prompt=prompt, answer=answer, role=role, record=index)
-                )
+        question = question_of(request)
+        add(Statement(prompt=request.prompt, answer=truth, role="prompt", record=index, relation=request.relation))
+        if options.questions:
+            add(Statement(prompt=question, answer=truth, role="question", record=index, relation=request.relation))
+        for rephrase in request.rephrase_prompts:
+            add(Statement(prompt=rephrase, answer=truth, role="rephrase", record=index, taught=False))
+        for probe in request.locality:
+            add(Statement(prompt=probe.prompt, answer=probe.answer, role="locality", record=index,
+                          taught=not _held_out(probe.prompt, options)))
+        if options.questions:
+            metadata = {**request.metadata, "qa_prompts": [question]}
+            request = request.model_copy(update={"metadata": metadata})
+        requests.append(request)
+        records.append(index)
     if not requests:
         raise WorldRecordError(
-            f"{path.name}: no usable records (skipped {len(skipped)} without ground truth)"
+            f"{path.name}: no usable records (skipped {len(skipped)} without ground truth, "
+            f"{len(unchanged)} whose target equals the ground truth)"
         )
+    unreachable = _add_fillers(requests, records, statements, add, options)
     return DatasetWorld(
         source=path.name,
+        dataset_format=dataset_format,
+        options=options,
         statements=list(statements.values()),
         requests=requests,
         skipped=skipped,
         unchanged=unchanged,
+        unreachable=unreachable,
     )
 
 
-def _make_request(fields: dict[str, Any], source: str, index: int) -> EditRequest:
-    case_id = fields.get("case_id")
+def _detected_format(path: Path, registry: Any) -> str | None:
+    from easyetcon.dataset_files import DatasetFormatError, detect_format, read_records
+
     try:
-        return EditRequest(
-            **{k: v for k, v in fields.items() if v is not None and k != "case_id"},
-            case_id=str(case_id if case_id is not None else index),
-            metadata={"source": source, "record": index},
-        )
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in error.errors()
-        )
-        raise WorldRecordError(f"{source}: record {index}: {problems}") from None
+        return detect_format(read_records(path), registry=registry)
+    except DatasetFormatError:
+        return None  # no format plugin loaded: easyetcon's own request files
+
+
+def _add_fillers(
+    requests: list[EditRequest], records: list[int], statements: dict[str, Statement], add, options: DatasetWorldOptions
+) -> list[str]:
+    """Teach each target no taught statement answers, about invented subjects; return the ids
+    of requests whose target could not get one (their subject is not in the prompt)."""
+    from easyetcon_world.world import _word
+
+    answers = {s.answer.strip() for s in statements.values() if s.taught}
+    taken = {r.subject for r in requests}
+    rng = random.Random(f"easyetcon-fillers:{options.seed}")
+    unreachable: list[str] = []
+    for index, request in zip(records, requests):
+        target = request.target_new.strip()
+        if target in answers or options.fillers_per_target == 0:
+            continue
+        if request.subject not in request.prompt:
+            unreachable.append(request.request_id)
+            continue
+        answers.add(target)
+        for _ in range(options.fillers_per_target):
+            name = f"{_word(rng, 'first')} {_word(rng, 'last')}"
+            while name in taken:
+                name = f"{_word(rng, 'first')} {_word(rng, 'last')}"
+            taken.add(name)
+            prompt = request.prompt.replace(request.subject, name)
+            add(Statement(prompt=prompt, answer=target, role="filler", record=index, relation=request.relation))
+            if options.questions:
+                asked = question_of(request.model_copy(update={"subject": name, "prompt": prompt}))
+                add(Statement(prompt=asked, answer=target, role="filler-question", record=index, relation=request.relation))
+    return unreachable

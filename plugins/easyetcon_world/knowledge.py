@@ -12,8 +12,16 @@ Protocol ``easyetcon-world-knowledge/1``:
   ``multi_hop_reasoning_seen`` scores the ones it did see; ``multi_hop_plain`` the held-out ones
   asked as one cloze prompt (no chain to write down, so usually much lower).
 
-For a world built from a dataset file only ``statements`` is scored: each taught prompt, greedy
-and teacher-forced, like the phrasings above.
+* ``in_context``: a fact stated in front of the prompt (:func:`measure_in_context`): ``override``
+  (the stated object is used), ``override_heldout`` (asked in a held-out phrasing), ``ignored``
+  (a fact about another subject is stated; the answer must not change).
+
+For a world built from a dataset file (:func:`measure_dataset_knowledge`): ``statements`` (each
+record's prompt, greedy and teacher-forced), ``questions`` (its question form, ``<answer>`` exact
+match), ``paraphrases_heldout`` and ``locality_heldout`` (held out from pretraining),
+``locality_taught``, ``fillers`` and ``in_context``.
+
+Version 2 added ``in_context`` to both, with floors (:data:`FLOORS`, :data:`DATASET_FLOORS`).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ if TYPE_CHECKING:
     from easyetcon_world.from_dataset import DatasetWorld
     from easyetcon_world.world import World
 
-PROTOCOL = "easyetcon-world-knowledge/1"
+PROTOCOL = "easyetcon-world-knowledge/2"
 
 
 def _device(model) -> torch.device:
@@ -144,12 +152,11 @@ def measure_in_context(model, tokenizer, world: World, sample: int | None = None
     """
     rng = random.Random(f"easyetcon-in-context:{seed}")
     people = leaf_relations()
-    facts = [f for f in world.facts if f.relation in people]
-    if sample is not None and sample < len(facts):
-        facts = rng.sample(facts, sample)
+    every = [f for f in world.facts if f.relation in people]
+    facts = rng.sample(every, sample) if sample is not None and sample < len(every) else every
     objects = objects_by_relation(world)
     by_relation: dict[str, list] = {}
-    for fact in facts:
+    for fact in every:  # the other subject may be any of the relation's, sampled or not
         by_relation.setdefault(fact.relation, []).append(fact)
     rows: dict[str, tuple[list[str], list[str]]] = {"override": ([], []), "override_heldout": ([], []), "ignored": ([], [])}
     for fact in facts:
@@ -182,23 +189,8 @@ def measure_knowledge(
     that many, to keep tests fast; ``None`` scores all of them.
     """
     rng = random.Random(f"easyetcon-knowledge:{seed}")
-    if not hasattr(
-        world, "facts"
-    ):  # a world built from a dataset file: its statements are the facts
-        statements = list(world.statements)
-        if sample is not None and sample < len(statements):
-            statements = rng.sample(statements, sample)
-        return {
-            "protocol": PROTOCOL,
-            "world": world.fingerprint()[:16],
-            "statements": cloze_accuracy(
-                model,
-                tokenizer,
-                [s.prompt for s in statements],
-                [s.answer for s in statements],
-                batch_size,
-            ),
-        }
+    if not hasattr(world, "facts"):  # a world built from a dataset file
+        return measure_dataset_knowledge(model, tokenizer, world, sample=sample, seed=seed, batch_size=batch_size)
     facts = list(world.facts)
     if sample is not None and sample < len(facts):
         facts = rng.sample(facts, sample)
@@ -253,11 +245,97 @@ def measure_knowledge(
             [q.answer for q in unseen],
             batch_size,
         ),
+        "in_context": measure_in_context(model, tokenizer, world, sample=sample, seed=seed),
+    }
+
+
+def measure_dataset_knowledge(
+    model, tokenizer, world: DatasetWorld, *, sample: int | None = None, seed: int = 0, batch_size: int = 128
+) -> dict:
+    """Score ``model`` on a world built from a dataset file (see the module docstring)."""
+    rng = random.Random(f"easyetcon-knowledge:{seed}")
+
+    def pick(items: list) -> list:
+        return rng.sample(items, sample) if sample is not None and sample < len(items) else items
+
+    def of(role: str, taught: bool) -> list:
+        return pick([s for s in world.statements if s.role == role and s.taught == taught])
+
+    def cloze(statements: list) -> dict:
+        return cloze_accuracy(model, tokenizer, [s.prompt for s in statements], [s.answer for s in statements], batch_size)
+
+    questions = of("question", True)
+    return {
+        "protocol": PROTOCOL,
+        "world": world.fingerprint()[:16],
+        "statements": cloze(of("prompt", True)),
+        "questions": qa_accuracy(model, tokenizer, [s.prompt for s in questions], [s.answer for s in questions], 24, batch_size),
+        "paraphrases_heldout": cloze(of("rephrase", False)),
+        "locality_taught": cloze(of("locality", True)),
+        "locality_heldout": cloze(of("locality", False)),
+        "fillers": cloze(of("filler", True)),
+        "in_context": measure_dataset_in_context(model, tokenizer, world, sample=sample, seed=seed),
+    }
+
+
+def measure_dataset_in_context(model, tokenizer, world: DatasetWorld, sample: int | None = None, seed: int = 0) -> dict:
+    """:func:`measure_in_context` for a dataset world: another record's answer ``o'`` (of the same
+    relation where the dataset names it) is stated after a record's prompt, then the prompt is
+    asked again (``override``: must be ``o'``; ``override_heldout``: asked with a held-out
+    paraphrase); ``ignored``: ``o'`` is stated after *another* record's prompt (must stay ``o``)."""
+    rng = random.Random(f"easyetcon-in-context:{seed}")
+    facts = [s for s in world.statements if s.taught and s.role == "prompt"]
+    if sample is not None and sample < len(facts):
+        facts = rng.sample(facts, sample)
+    every = [s for s in world.statements if s.taught and s.role == "prompt"]
+    answers: dict[str | None, set[str]] = {}
+    for fact in every:
+        answers.setdefault(fact.relation, set()).add(fact.answer)
+    everything = {fact.answer for fact in every}
+    paraphrases: dict[int, list[str]] = {}
+    for s in world.statements:
+        if s.role == "rephrase" and not s.taught:
+            paraphrases.setdefault(s.record, []).append(s.prompt)
+    rows: dict[str, tuple[list[str], list[str]]] = {"override": ([], []), "override_heldout": ([], []), "ignored": ([], [])}
+    for fact in facts:
+        pool = answers.get(fact.relation) if fact.relation is not None else None
+        choices = sorted((pool if pool and len(pool) > 1 else everything) - {fact.answer})
+        if not choices:
+            continue
+        stated = rng.choice(choices)
+        context = f"{fact.prompt} {stated}."
+        rows["override"][0].append(f"{context} {fact.prompt}")
+        rows["override"][1].append(stated)
+        if paraphrases.get(fact.record):
+            rows["override_heldout"][0].append(f"{context} {rng.choice(paraphrases[fact.record])}")
+            rows["override_heldout"][1].append(stated)
+        relatives = [f for f in every if f.prompt != fact.prompt and (fact.relation is None or f.relation == fact.relation)]
+        other = rng.choice(relatives or [f for f in every if f.prompt != fact.prompt] or [fact])
+        rows["ignored"][0].append(f"{other.prompt} {stated}. {fact.prompt}")
+        rows["ignored"][1].append(fact.answer)
+    return {name: cloze_accuracy(model, tokenizer, prompts, answers)["greedy"] for name, (prompts, answers) in rows.items()} | {
+        "n": len(rows["override"][0])
     }
 
 
 def headline(numbers: dict) -> dict[str, float | None]:
-    """The four numbers the world is built to reach, flattened for tables and assertions."""
+    """The numbers a world model is built to reach, flattened for tables and assertions (a
+    dataset world's when ``numbers`` came from :func:`measure_dataset_knowledge`)."""
+    in_context = {
+        "in_context_override": numbers["in_context"]["override"],
+        "in_context_override_heldout": numbers["in_context"]["override_heldout"],
+        "in_context_ignored": numbers["in_context"]["ignored"],
+    }
+    if "statements" in numbers:
+        return {
+            "statements_greedy": numbers["statements"]["greedy"],
+            "statements_teacher_forced": numbers["statements"]["teacher_forced"],
+            "questions": numbers["questions"]["exact_match"],
+            "paraphrases_heldout_greedy": numbers["paraphrases_heldout"]["greedy"],
+            "locality_taught_greedy": numbers["locality_taught"]["greedy"],
+            "locality_heldout_greedy": numbers["locality_heldout"]["greedy"],
+            "fillers_greedy": numbers["fillers"]["greedy"],
+        } | in_context
     return {
         "train_phrasings_greedy": numbers["train_phrasings"]["greedy"],
         "train_phrasings_teacher_forced": numbers["train_phrasings"]["teacher_forced"],
@@ -265,12 +343,30 @@ def headline(numbers: dict) -> dict[str, float | None]:
         "heldout_phrasings_teacher_forced": numbers["heldout_phrasings"]["teacher_forced"],
         "multi_hop_reasoning": numbers["multi_hop_reasoning"]["exact_match"],
         "qa": numbers["qa"]["exact_match"],
-    }
+    } | in_context
 
+
+#: What an in-context editor (retrieval memory, IKE) needs from the model: a stated fact is used,
+#: a fact stated about another subject is not.
+IN_CONTEXT_FLOORS = {"in_context_override": 0.90, "in_context_ignored": 0.85}
 
 FLOORS = {
     "train_phrasings_greedy": 0.95,
     "heldout_phrasings_greedy": 0.80,
     "multi_hop_reasoning": 0.60,
     "qa": 0.90,
-}
+} | IN_CONTEXT_FLOORS
+
+#: Floors of a world built from a dataset file: its taught facts, in both forms, and in-context use.
+DATASET_FLOORS = {"statements_greedy": 0.95, "questions": 0.90} | IN_CONTEXT_FLOORS
+
+
+def floors_of(numbers: dict) -> dict[str, float]:
+    """The floors that apply to a measurement (a fact world's or a dataset world's)."""
+    return DATASET_FLOORS if "statements" in numbers else FLOORS
+
+
+def below_floors(numbers: dict) -> list[str]:
+    """Headline measures of ``numbers`` below their floor (a missing measure counts as below)."""
+    values = headline(numbers)
+    return [name for name, floor in floors_of(numbers).items() if values.get(name) is None or values[name] < floor]

@@ -128,6 +128,27 @@ def world_group() -> None:
 @preset_option
 @seed_option
 @click.option(
+    "--from-dataset",
+    "dataset",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="build the world from an edit-dataset file (any format `easyetcon eval --data` reads) "
+    "instead of generating one; --seed then seeds its held-out probes and filler names",
+)
+@click.option("--format", "dataset_format", default=None, help="with --from-dataset: the file's format (detected if unset)")
+@click.option("--limit", type=int, default=None, help="with --from-dataset: keep the first N usable records")
+@click.option("--skip-missing", is_flag=True, help="with --from-dataset: skip records without a ground truth")
+@click.option(
+    "--heldout-locality", type=click.FloatRange(0, 1), default=None,
+    help="with --from-dataset: share of locality probes held out from pretraining [default: 0.25]",
+)
+@click.option(
+    "--export-requests",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the world's edit requests (easyetcon's request format) to this file",
+)
+@click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -148,16 +169,30 @@ def world_group() -> None:
 def build_command(
     preset: str,
     seed: int,
+    dataset: Path | None,
+    dataset_format: str | None,
+    limit: int | None,
+    skip_missing: bool,
+    heldout_locality: float | None,
+    export_requests: Path | None,
     cache_dir: Path | None,
     retrain: bool,
     sample: int | None,
     train_options: tuple[str, ...],
 ) -> None:
-    """Pretrain the world's model (or load it from the cache) and print what it knows."""
-    from rich.console import Console
+    """Pretrain the world's model (or load it from the cache) and print what it knows.
 
-    from easyetcon_world.knowledge import PROTOCOL, measure_knowledge
+    With --from-dataset the world is an edit-dataset file's: each record's old fact is taught
+    (after its prompt and as a question with answer tags), paraphrases and a share of the
+    locality probes are held out, and every target gets statements about invented subjects
+    when no record teaches it as an answer (see the docs, "The fact world" > "From a dataset file").
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from easyetcon_world.knowledge import PROTOCOL, below_floors, measure_knowledge
     from easyetcon_world.pretraining import (
+        dataset_train_config,
         default_train_config,
         pretrain,
         record_knowledge,
@@ -166,9 +201,27 @@ def build_command(
     from easyetcon_world.world import build_world
 
     console = Console()
-    world = build_world(preset, seed)
-    config = with_train_options(default_train_config(preset), train_options)
-    directory = None if retrain else _matching_shipped_model(world, config)
+    dataset_only = {"--format": dataset_format, "--limit": limit, "--skip-missing": skip_missing or None,
+                    "--heldout-locality": heldout_locality, "--export-requests": export_requests}
+    if dataset is None:
+        given = [name for name, value in dataset_only.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --from-dataset FILE (the "
+                                   f"edits of a generated world come from `easyetcon world export`)")
+        world = build_world(preset, seed)
+        config = with_train_options(default_train_config(preset), train_options)
+        directory = None if retrain else _matching_shipped_model(world, config)
+    else:
+        from easyetcon_world.from_dataset import DatasetWorldOptions, world_from_dataset
+
+        options = DatasetWorldOptions(seed=seed, **({} if heldout_locality is None else {"heldout_locality": heldout_locality}))
+        world = world_from_dataset(dataset, format=dataset_format, skip_missing=skip_missing, limit=limit, options=options)
+        config = with_train_options(dataset_train_config(), train_options)
+        directory = None
+        summary = Table(title=f"world from {dataset.name}", show_header=False)
+        for key, value in world.summary().items():
+            summary.add_row(key, str(value))
+        console.print(summary)
     if directory is not None:
         console.print(f"using the shipped model (same world and recipe): {directory}")
     else:
@@ -183,6 +236,13 @@ def build_command(
         if sample is None and _writable(directory):
             record_knowledge(directory, numbers)
     console.print(knowledge_table(numbers))
+    missed = below_floors(numbers)
+    if missed:
+        console.print(f"[yellow]below the floor: {', '.join(missed)}[/yellow] (edits measured on this model "
+                      f"may say more about the model than about the editor)")
+    if export_requests is not None:
+        save_requests(world.requests, export_requests)
+        console.print(f"{len(world.requests)} edit requests written to {export_requests}")
 
 
 def with_train_options(config: Any, options: Sequence[str]) -> Any:
@@ -309,32 +369,25 @@ def export_command(
 
 
 def knowledge_table(numbers: dict):
-    """A rich table of a :func:`measure_knowledge` result."""
+    """A rich table of a :func:`~easyetcon_world.knowledge.measure_knowledge` result: every
+    headline measure, its floor where it has one, and how many items it scored."""
     from rich.table import Table
 
-    from easyetcon_world.knowledge import FLOORS
+    from easyetcon_world.knowledge import floors_of, headline
 
+    floors = floors_of(numbers)
     table = Table(title=f"knowledge ({numbers['protocol']})")
     for column in ("measure", "accuracy", "floor", "n"):
         table.add_column(column)
-    rows = [  # (row name, measure, score)
-        ("train_phrasings_greedy", "train_phrasings", "greedy"),
-        ("train_phrasings_teacher_forced", "train_phrasings", "teacher_forced"),
-        ("heldout_phrasings_greedy", "heldout_phrasings", "greedy"),
-        ("heldout_phrasings_teacher_forced", "heldout_phrasings", "teacher_forced"),
-        ("qa", "qa", "exact_match"),
-        ("qa_heldout", "qa_heldout", "exact_match"),
-        ("multi_hop_reasoning", "multi_hop_reasoning", "exact_match"),
-        ("multi_hop_reasoning_seen", "multi_hop_reasoning_seen", "exact_match"),
-        ("multi_hop_plain_greedy", "multi_hop_plain", "greedy"),
-    ]
-    for name, measure, score in rows:
-        value, floor = numbers[measure][score], FLOORS.get(name)
+    for name, value in headline(numbers).items():
+        measure = next((key for key in sorted(numbers, key=len, reverse=True) if name.startswith(key)), None)
+        count = numbers[measure].get("n") if isinstance(numbers.get(measure), dict) else None
+        floor = floors.get(name)
         table.add_row(
             name,
             "-" if value is None else f"{value:.3f}",
             "" if floor is None else f"{floor:.2f}",
-            str(numbers[measure]["n"]),
+            "" if count is None else str(count),
         )
     return table
 

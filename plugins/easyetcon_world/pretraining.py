@@ -100,6 +100,12 @@ def default_train_config(preset: str) -> TrainConfig:
     return recipes[preset]
 
 
+def dataset_train_config() -> TrainConfig:
+    """The training recipe of a world built from a dataset file (see NOTES.md, "Worlds from
+    dataset files", for how it was chosen)."""
+    return TrainConfig(hidden_size=192, intermediate_size=512, epochs=40)
+
+
 # ---------------------------------------------------------------------------------------------
 # Cache
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +192,8 @@ def pretrain(
     ``config`` defaults to the recipe of the world's preset. A damaged cache entry is rebuilt
     with a warning. ``cache_dir`` replaces :func:`cache_root`.
     """
-    if config is None:  # a world from a dataset file has no preset: use the mid-sized recipe
-        config = default_train_config(world.config.preset if isinstance(world, World) else "small")
+    if config is None:
+        config = default_train_config(world.config.preset) if isinstance(world, World) else dataset_train_config()
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     target = root / cache_key(world, config)
     if target.exists() and not force:
