@@ -17,6 +17,18 @@ lifecycle hook.
     python benchmarks/consolidation.py --edits 200 --threads 1 --chains ft-m,alphaedit,etcon+preserve,tpsft+preserve,etcon-every10+preserve \
         --out benchmarks/results/consolidation_preserve.json
     python benchmarks/consolidation.py --edits 20 --chains ft-m,ft-m+grpo     # a quick look
+
+Several worlds (``--worlds``, shipped names or world model folders: sibling seeds from
+``easyetcon world build --seed N``, dataset worlds from ``easyetcon world build --from-dataset``):
+every chain on every world with the same edit selection per world (``--split``, ``--edits``,
+``--seed``; a dataset world's tune split is every fifth record, its test split the rest). The
+report gives each world's numbers, the mean over worlds with its standard error, and a paired
+comparison of every chain against the best single-stage editor of the same run (highest mean
+reliability; per-edit differences pooled over worlds, two-sided sign-flip permutation test).
+Finished (world, chain) pairs are kept in ``--out`` and skipped when the command runs again.
+
+    python benchmarks/consolidation.py --worlds wide,SEED1_DIR,SEED2_DIR,CF_DIR --configs benchmarks/intrinsic_configs_wide.json \
+        --edits 735 --chains rome,memit,alphaedit,etcon+preserve,etcon --threads 1 --out benchmarks/results/consolidation_worlds.json
 """
 
 from __future__ import annotations
@@ -36,7 +48,8 @@ from intrinsic_common import load_configs  # noqa: E402
 
 from easyetcon import EditChain, get_host, hookimpl  # noqa: E402
 
-TUNED = load_configs(Path(__file__).parent / "intrinsic_configs.json", sequential=True)
+DEFAULT_CONFIGS = Path(__file__).parent / "intrinsic_configs.json"
+TUNED = load_configs(DEFAULT_CONFIGS, sequential=True)
 FFN = {"layers": [3], "modules": "mlp_out"}  # the layer FT-M edits best on the shipped model
 GRPO = {"editor": "grpo", "group_size": 4, "prompts_per_step": 2, "steps": 8, "learning_rate": 1e-3,
         "beta": 0.04, "max_completion_tokens": 16, "weights": FFN}
@@ -54,50 +67,57 @@ GRPO_EVERY_10 = {**GRPO, "steps": 20, "schedule": {"every": 10, "scope": "since_
 # λ 50 0.588 / 0.518 / 0.845; λ 50 with 40 TPSFT rounds 0.812 / 0.667 / 0.855; λ 70 with 60 rounds
 # 0.788 / 0.603 / 0.870 (`--split tune --edits 165 --chains etcon+preserve`). The penalty holds TPSFT
 # back, so it gets more rounds of its trust region.
-PRESERVE = {"weight": 70.0, "statistics": TUNED["alphaedit"]["statistics"]}
-HELD = {**FFN, "preserve": PRESERVE}
-TPSFT_HELD = {**TPSFT, "rounds": 60, "weights": HELD}
-GRPO_HELD = {**GRPO, "learning_rate": 3e-4, "weights": HELD}
+PRESERVE_WEIGHT = 70.0
 LORA = {"editor": "lora-merge", "rank": 4, "steps": 60, "learning_rate": 3e-3, "stop_loss": 0.5, "layers": [-1],
         "strategy": "linear", "merge_every": 10}
-
-
-def editor(name: str, **extra) -> dict:
-    return {"editor": name, **TUNED.get(name, {}), **extra}
 
 
 def eaft(tokens: str) -> dict:
     return {"top_k": 20, "alpha": 1.0, "tokens": tokens}
 
 
-CHAINS: dict[str, list[dict]] = {
-    "ft-m": [editor("ft-m")],
-    "ft-m+grpo": [editor("ft-m"), GRPO],
-    "rome": [editor("rome")],
-    "rome+grpo": [editor("rome"), GRPO],
-    "alphaedit": [editor("alphaedit")],
-    "alphaedit+grpo": [editor("alphaedit"), GRPO],
-    "tpsft": [TPSFT],
-    "etcon": [TPSFT, GRPO],
-    "etcon-every10": [TPSFT, GRPO_EVERY_10],
-    "alphaedit+grpo-every10": [editor("alphaedit"), GRPO_EVERY_10],
-    # weights.preserve on every FFN stage
-    "tpsft+preserve": [TPSFT_HELD],
-    "etcon+preserve": [TPSFT_HELD, GRPO_HELD],
-    "etcon-every10+preserve": [TPSFT_HELD, {**GRPO_EVERY_10, "learning_rate": 3e-4, "weights": HELD}],
-    "ft-m+grpo+preserve": [editor("ft-m"), GRPO_HELD],
-    "rome+grpo+preserve": [editor("rome"), GRPO_HELD],
-    "alphaedit+grpo+preserve": [editor("alphaedit"), GRPO_HELD],
-    "lora-merge": [LORA],
-    "lora-merge+grpo": [LORA, GRPO],
-    "lora-merge+grpo+preserve": [LORA, GRPO_HELD],
-    # EAFT: on FT-M's target tokens, and on TPSFT's tagged completions (all / edit tokens / the tags)
-    "ft-m+eaft": [editor("ft-m", eaft=eaft("all"))],
-    "tpsft-qa": [TPSFT_QA],
-    "tpsft-qa+eaft": [{**TPSFT_QA, "eaft": eaft("all")}],
-    "tpsft-qa+eaft-target": [{**TPSFT_QA, "eaft": eaft("target")}],
-    "tpsft-qa+eaft-surrounding": [{**TPSFT_QA, "eaft": eaft("surrounding")}],
-}
+def build_chains(tuned: dict) -> dict[str, list[dict]]:
+    """Every chain, its intrinsic steps with the options in ``tuned`` (an ``intrinsic_configs``
+    file); ``preserve`` reads AlphaEdit's key statistics."""
+
+    def editor(name: str, **extra) -> dict:
+        return {"editor": name, **tuned.get(name, {}), **extra}
+
+    held = {**FFN, "preserve": {"weight": PRESERVE_WEIGHT, "statistics": tuned["alphaedit"]["statistics"]}}
+    tpsft_held = {**TPSFT, "rounds": 60, "weights": held}
+    grpo_held = {**GRPO, "learning_rate": 3e-4, "weights": held}
+    return {
+        "ft-m": [editor("ft-m")],
+        "ft-m+grpo": [editor("ft-m"), GRPO],
+        "rome": [editor("rome")],
+        "rome+grpo": [editor("rome"), GRPO],
+        "alphaedit": [editor("alphaedit")],
+        "memit": [editor("memit")],
+        "alphaedit+grpo": [editor("alphaedit"), GRPO],
+        "tpsft": [TPSFT],
+        "etcon": [TPSFT, GRPO],
+        "etcon-every10": [TPSFT, GRPO_EVERY_10],
+        "alphaedit+grpo-every10": [editor("alphaedit"), GRPO_EVERY_10],
+        # weights.preserve on every FFN stage
+        "tpsft+preserve": [tpsft_held],
+        "etcon+preserve": [tpsft_held, grpo_held],
+        "etcon-every10+preserve": [tpsft_held, {**GRPO_EVERY_10, "learning_rate": 3e-4, "weights": held}],
+        "ft-m+grpo+preserve": [editor("ft-m"), grpo_held],
+        "rome+grpo+preserve": [editor("rome"), grpo_held],
+        "alphaedit+grpo+preserve": [editor("alphaedit"), grpo_held],
+        "lora-merge": [LORA],
+        "lora-merge+grpo": [LORA, GRPO],
+        "lora-merge+grpo+preserve": [LORA, grpo_held],
+        # EAFT: on FT-M's target tokens, and on TPSFT's tagged completions (all / edit tokens / the tags)
+        "ft-m+eaft": [editor("ft-m", eaft=eaft("all"))],
+        "tpsft-qa": [TPSFT_QA],
+        "tpsft-qa+eaft": [{**TPSFT_QA, "eaft": eaft("all")}],
+        "tpsft-qa+eaft-target": [{**TPSFT_QA, "eaft": eaft("target")}],
+        "tpsft-qa+eaft-surrounding": [{**TPSFT_QA, "eaft": eaft("surrounding")}],
+    }
+
+
+CHAINS = build_chains(TUNED)
 
 
 class StageTimer:
@@ -112,10 +132,11 @@ class StageTimer:
 
 
 def qa_view(requests: list) -> list:
-    """The same edits asked in question form: a trained question, and a held-out one."""
+    """The same edits asked in question form: a trained question, and a held-out one (where the
+    world has one; a dataset world's questions have none)."""
     return [
         r.model_copy(update={
-            "prompt": r.metadata["qa_prompts"][0], "rephrase_prompts": r.metadata["qa_heldout_prompts"][:1],
+            "prompt": r.metadata["qa_prompts"][0], "rephrase_prompts": r.metadata.get("qa_heldout_prompts", [])[:1],
             "locality": [], "portability": [],
         })
         for r in requests
@@ -132,6 +153,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--model", default=None, help="world model folder (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/consolidation.json"))
+    parser.add_argument("--worlds", default=None, help="comma-separated world models (shipped names or folders): the multi-world comparison")
+    parser.add_argument("--configs", type=Path, default=None, help="intrinsic editors' options (default: intrinsic_configs.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,6 +162,11 @@ def main() -> None:
     unknown = [name for name in names if name not in CHAINS]
     if unknown:
         parser.error(f"unknown chain(s) {unknown}; choose from {', '.join(CHAINS)}")
+    if args.configs is not None:
+        configure(load_configs(args.configs, sequential=True))
+    if args.worlds:
+        compare_worlds(args, names)
+        return
 
     from easyetcon_eval import compute_baseline, evaluate_edits, run_lifelong
     from easyetcon_world import default_model_path, load_world, make_edit_requests
@@ -175,6 +203,140 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
         print(table(results), flush=True)
+
+
+def configure(tuned: dict) -> None:
+    """Use the intrinsic options of another configs file (e.g. the wide model's)."""
+    CHAINS.update(build_chains(tuned))
+
+
+def world_requests(world, split: str, n: int, seed: int) -> list:
+    """The same selection of edits on any world: a generated world's split, or a dataset world's
+    records (tune: every fifth, test: the rest), the first ``n``."""
+    from easyetcon_world import make_edit_requests
+
+    if hasattr(world, "facts"):
+        return make_edit_requests(world, split, n=n, seed=seed)
+    chosen = [r for i, r in enumerate(world.requests) if (i % 5 == 0) == (split == "tune")]
+    return chosen[:n]
+
+
+def permutation_p(differences: list[float], rounds: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of a paired sign-flip permutation test on per-edit differences."""
+    if not differences or all(d == 0 for d in differences):
+        return 1.0
+    values = torch.tensor(differences, dtype=torch.float64)
+    observed = values.mean().abs()
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (rounds, len(differences)), generator=generator, dtype=torch.float64) * 2 - 1
+    extreme = ((signs * values).mean(dim=1).abs() >= observed - 1e-12).sum().item()
+    return (extreme + 1) / (rounds + 1)
+
+
+METRICS = ("reliability", "generalization", "locality", "portability")
+
+
+def compare_worlds(args, names: list[str]) -> None:
+    from easyetcon_eval import compute_baseline, evaluate_edits, run_lifelong
+    from easyetcon_world import load_world, world_model_folder
+
+    from easyetcon.model import load_model
+
+    host = get_host()
+    timer = StageTimer()
+    host.register(timer, name="stage-timer")
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.setdefault("worlds", {})
+    results["command"] = "python benchmarks/consolidation.py " + " ".join(sys.argv[1:])
+    for label in args.worlds.split(","):
+        folder = str(world_model_folder(label))
+        world = load_world(folder)
+        requests = world_requests(world, args.split, args.edits, args.seed)
+        done = results["worlds"].setdefault(label, {})
+        todo = [name for name in names if name not in done]
+        if not todo:
+            continue
+        baseline = compute_baseline(load_model(folder, registry=host.registry), requests, protocols=("generation",))
+        for name in todo:
+            model = load_model(folder, registry=host.registry)
+            timer.seconds.clear()
+            started = time.perf_counter()
+            run_lifelong(model, EditChain(CHAINS[name], host=host), requests, schedule="end",
+                         baseline=baseline, protocols=("generation",), progress=True, report=False)
+            scored = evaluate_edits(model, requests, protocols=("generation",), baseline=baseline)
+            (key,) = scored.summary().keys() - set(scored.extras)
+            qa = evaluate_edits(model, qa_view(requests), protocols=("generation",)).summary()
+            done[name] = {
+                "chain": CHAINS[name], "edits": len(requests), "split": args.split,
+                "final": {m: scored.summary()[key][m] for m in METRICS},
+                "qa": {k: v for k, v in qa.items() if k.startswith("generation@")},
+                "per_request": {m: [r[key][m] for r in scored.per_request] for m in METRICS},
+                "request_ids": scored.request_ids,
+                "seconds_per_edit": {step: statistics.mean(s) for step, s in timer.seconds.items()},
+                "wall_seconds": time.perf_counter() - started,
+            }
+            results["aggregate"] = aggregate(results["worlds"], names)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+            print(worlds_table(results), flush=True)
+
+
+def aggregate(worlds: dict, names: list[str]) -> dict:
+    """Mean over worlds, its standard error, and the paired comparison with the best single-stage editor."""
+    complete = [name for name in names if all(name in chains for chains in worlds.values())]
+    out: dict = {}
+    for name in complete:
+        row = {}
+        for metric in METRICS:
+            values = [chains[name]["final"][metric] for chains in worlds.values() if chains[name]["final"][metric] is not None]
+            row[metric] = statistics.mean(values) if values else None
+            row[f"{metric}_se"] = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+        out[name] = row
+    single = [name for name in complete if len(CHAINS[name]) == 1 and not CHAINS[name][0]["editor"].startswith("tpsft")]
+    if not single:
+        return out
+    best = max(single, key=lambda name: out[name]["reliability"] or 0.0)
+    for name in complete:
+        if name == best:
+            continue
+        for metric in ("reliability", "generalization"):
+            differences = [
+                a - b
+                for chains in worlds.values()
+                for a, b in zip(chains[name]["per_request"][metric], chains[best]["per_request"][metric])
+                if a is not None and b is not None
+            ]
+            out[name][f"{metric}_vs_{best}"] = statistics.mean(differences) if differences else None
+            out[name][f"{metric}_vs_{best}_p"] = permutation_p(differences)
+    out["best_single_stage"] = best
+    return out
+
+
+def worlds_table(results: dict) -> str:
+    aggregate_rows, worlds = results.get("aggregate", {}), results["worlds"]
+    best = aggregate_rows.get("best_single_stage")
+    lines = [
+        f"| chain | {' | '.join(worlds)} | mean over worlds (rel / gen / loc) | vs {best}: rel (p) / gen (p) |",
+        "|---|" + "---|" * len(worlds) + "---|---|",
+    ]
+
+    def three(final: dict) -> str:
+        return " / ".join("–" if final.get(m) is None else f"{final[m]:.3f}" for m in METRICS[:3])
+
+    for name, row in aggregate_rows.items():
+        if name == "best_single_stage":
+            continue
+        cells = [three(worlds[w][name]["final"]) for w in worlds]
+        mean = " / ".join(
+            "–" if row[m] is None else f"{row[m]:.3f}" + ("" if row[f"{m}_se"] is None else f" ± {row[f'{m}_se']:.3f}")
+            for m in METRICS[:3]
+        )
+        paired = "–" if name == best else " / ".join(
+            f"{row[f'{m}_vs_{best}']:+.3f} ({row[f'{m}_vs_{best}_p']:.3f})" if row.get(f"{m}_vs_{best}") is not None else "–"
+            for m in ("reliability", "generalization")
+        )
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {paired} |")
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:

@@ -23,19 +23,41 @@ FfnModules = Literal["mlp_out", "mlp_in", "mlp"]
 class OutputPreservation(BaseModel):
     """Hold the trained MLP output projections to what they say on ordinary text.
 
-    MEMIT's preservation objective as a penalty: with ``C = E[k kᵀ]`` the second moment of the
-    projection's input keys over a text source, each stage adds ``λ · tr(ΔW C ΔWᵀ) / c̄`` to its
-    loss, where ``ΔW`` is the weight's change since the stage began and ``c̄ = tr(C) / d`` makes
-    ``λ`` independent of the activation scale. Directions ordinary text uses are expensive to
-    move; directions only the edit's keys use stay cheap.
+    With ``C = E[k kᵀ]`` the second moment of the projection's input keys over a text source,
+    ``tr(ΔW C ΔWᵀ) = E‖ΔW k‖²`` is how far the stage moved the projection's outputs on that text
+    (``ΔW``: the weight's change since the stage began). Two ways to hold it, alone or together:
+
+    * ``weight`` (λ): MEMIT's preservation objective as a penalty, ``λ · tr(ΔW C ΔWᵀ) / c̄``
+      added to the loss (``c̄ = tr(C) / d``). Directions ordinary text uses become expensive,
+      directions only the edit's keys use stay cheap. What a λ does depends on the size of the
+      loss's gradients, so a value tuned on one model need not suit another.
+    * ``budget`` (β): a locality budget the stage keeps to, the same on any model and dataset:
+      the outputs' relative change ``sqrt(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ))`` stays at most β (0.05:
+      outputs on ordinary text move by at most 5 % RMS). A larger change is scaled back towards
+      the stage's start whenever the weight has changed, before the next forward pass, so it
+      holds inside any trainer (TRL's GRPO included) and an edit always goes as far as β allows.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    weight: float = Field(gt=0, description="λ, the penalty's weight (0 < λ; larger keeps more, edits less).")
+    weight: float | None = Field(
+        default=None, gt=0, description="λ, the penalty's weight (0 < λ; larger keeps more, edits less); off when null."
+    )
+    budget: float | None = Field(
+        default=None, gt=0,
+        description="β, the largest relative change of the outputs on ordinary text, sqrt(tr(ΔW C ΔWᵀ) / "
+        "tr(W C Wᵀ)), the stage may make (scale-free: the same β means the same on any model); off when null.",
+    )
     statistics: StatisticsConfig = Field(
         default_factory=lambda: StatisticsConfig(progress=False), description="Where C comes from."
     )
+
+    @model_validator(mode="after")
+    def _holds_somehow(self) -> OutputPreservation:
+        if self.weight is None and self.budget is None:
+            raise ValueError("option 'preserve' needs a 'weight' (a penalty), a 'budget' (a cap on the relative "
+                             "output change), or both")
+        return self
 
 
 class FfnSelection(BaseModel):
@@ -84,21 +106,27 @@ def preservation_statistics(selection: FfnSelection) -> LayerStatistics | None:
     return LayerStatistics(selection.preserve.statistics) if selection.preserve is not None else None
 
 
+def output_energy(change: torch.Tensor, scaled_moment: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """``tr(X C Xᵀ)`` for an (out, in) weight (GPT-2's Conv1D stores (in, out): ``tr(Xᵀ C X)``)."""
+    return ((scaled_moment @ change) * change).sum() if transposed else ((change @ scaled_moment) * change).sum()
+
+
 @contextmanager
 def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerStatistics | None) -> Iterator[None]:
-    """While active, the gradient of each selected ``mlp_out`` weight carries the penalty of
-    :class:`OutputPreservation` (``2λ ΔW C / c̄``), measured from the weights at entry. A gradient
-    hook rather than a loss term, so it also holds inside trainers we do not write (TRL's GRPO).
-    Enter it inside :func:`easyetcon.training.trainable_only`: in a float16/bfloat16 model the
-    module's weight is then the fp32 master the optimiser steps, and the hook sits on that.
+    """While active, each selected ``mlp_out`` weight is held as :class:`OutputPreservation`
+    says, measured from the weights at entry: its gradient carries the penalty (``2λ ΔW C / c̄``)
+    and, with a budget, a change beyond it is scaled back before each forward pass. Hooks rather
+    than a loss term, so they also hold inside trainers we do not write (TRL's GRPO). Enter it
+    inside :func:`easyetcon.training.trainable_only`: in a float16/bfloat16 model the module's
+    weight is then the fp32 master the optimiser steps, and the hooks sit on that.
     No-op when ``selection.preserve`` is null."""
     if selection.preserve is None or statistics is None:
         yield
         return
+    preserve = selection.preserve
     layers = selected_layers(model, selection)
     moments = statistics.get(model, layers)
-    strength = 2.0 * selection.preserve.weight
-    handles = []
+    handles, keepers = [], []
     try:
         for layer in layers:
             module = model.adapter.module(model.torch_model, "mlp_out", layer)
@@ -107,18 +135,46 @@ def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerSta
             scaled = mom2 * (mom2.shape[0] / torch.trace(mom2).clamp(min=1e-12))
             start = parameter.detach().clone()
             transposed = model.adapter.is_transposed(module)
+            if preserve.weight is not None:
+                strength = 2.0 * preserve.weight
 
-            def add_penalty(grad: torch.Tensor, parameter=parameter, start=start, scaled=scaled, transposed=transposed):
-                change = (parameter.detach() - start).float()
-                # (out, in) weights: ΔW C; GPT-2's Conv1D stores (in, out): C ΔW
-                penalty = scaled @ change if transposed else change @ scaled
-                return grad + (strength * penalty).to(grad.dtype)
+                def add_penalty(grad: torch.Tensor, parameter=parameter, start=start, scaled=scaled, transposed=transposed):
+                    change = (parameter.detach() - start).float()
+                    # (out, in) weights: ΔW C; GPT-2's Conv1D stores (in, out): C ΔW
+                    penalty = scaled @ change if transposed else change @ scaled
+                    return grad + (strength * penalty).to(grad.dtype)
 
-            handles.append(parameter.register_hook(add_penalty))
+                handles.append(parameter.register_hook(add_penalty))
+            if preserve.budget is not None:
+                limit = preserve.budget**2 * float(output_energy(start.float(), scaled, transposed))
+                keepers.append(_BudgetKeeper(parameter, start, scaled, transposed, limit))
+                handles.append(module.register_forward_pre_hook(keepers[-1]))
         yield
+        for keeper in keepers:  # the stage's last step is followed by no forward pass
+            keeper()
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _BudgetKeeper:
+    """Scales ``ΔW`` back to ``tr(ΔW C ΔWᵀ) ≤ limit``. A forward pre-hook (before each forward
+    pass, measuring only when the weight changed since it last looked: after an optimiser step,
+    not on every generated token), and once more when the stage ends, after its last step."""
+
+    def __init__(self, parameter: torch.Tensor, start: torch.Tensor, scaled: torch.Tensor, transposed: bool, limit: float) -> None:
+        self.parameter, self.start, self.scaled, self.transposed, self.limit = parameter, start, scaled, transposed, limit
+        self.seen = parameter._version
+
+    def __call__(self, module: Any = None, args: Any = None) -> None:
+        if self.parameter._version == self.seen:
+            return
+        with torch.no_grad():
+            change = (self.parameter - self.start).float()
+            energy = float(output_energy(change, self.scaled, self.transposed))
+            if energy > self.limit:
+                self.parameter.copy_((self.start.float() + change * (self.limit / energy) ** 0.5).to(self.parameter.dtype))
+        self.seen = self.parameter._version
 
 
 AnswerFormat = Literal["auto", "tagged", "reply", "continuation"]

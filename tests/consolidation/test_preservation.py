@@ -115,3 +115,51 @@ def test_preserve_needs_the_output_projection(host, editor):
 def test_preserve_weight_must_be_positive(host):
     with pytest.raises(ConfigError, match="weight"):
         host.registry.editor("tpsft").create({"weights": {"preserve": {"weight": 0}}})
+
+
+def relative_output_change(host, editor, options, budget, architecture="llama"):
+    """One step with ``preserve.budget`` (or none): sqrt(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ)) on the keys."""
+    model = tiny_model(architecture, registry=host.registry)
+    layer = 1
+    _, mom2 = key_moment(model, layer)
+    preserve = {"preserve": {"budget": budget, "statistics": STATISTICS}} if budget else {}
+    chain = EditChain([(editor, {**options, "weights": {"layers": [layer], **preserve}})])
+    if budget:
+        chain.steps[0].editor.statistics.use_texts(TEXTS)
+    before = {k: v.detach().clone() for k, v in model.torch_model.state_dict().items()}
+    requests = [r.model_copy(update={"metadata": {"qa_prompts": [f"Question: {r.prompt}? Answer:"]}})
+                for r in tiny_requests()[:1]]
+    chain.apply(model, requests)
+    module = model.adapter.module(model.torch_model, "mlp_out", layer)
+    start = before[model.adapter.weight_name("mlp_out", layer)].double()
+    start = start.T if model.adapter.is_transposed(module) else start
+    reference = float(torch.trace(start @ mom2 @ start.T))
+    return (output_change(before, model.torch_model.state_dict(), model, layer, mom2) / reference) ** 0.5
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_tpsft_keeps_to_the_locality_budget(host, architecture):
+    options = {"rounds": 10, "learning_rate": 1e-2, "prompts": {"questions": False}}
+    free = relative_output_change(host, "tpsft", options, None, architecture)
+    budget = free / 4
+    held = relative_output_change(host, "tpsft", options, budget, architecture)
+    # the change goes up to the budget, never past it (float32 rounding aside)
+    assert 0.5 * budget < held <= budget * (1 + 1e-4)
+
+
+def test_grpo_keeps_to_the_locality_budget(host):
+    options = {"steps": 4, "group_size": 2, "prompts_per_step": 1, "max_completion_tokens": 6,
+               "learning_rate": 1e-2, "rewards": {"letter-e": 1.0}, "format_gate": None}
+    free = relative_output_change(host, "grpo", options, None)
+    budget = free / 4
+    held = relative_output_change(host, "grpo", options, budget)
+    assert 0 < held <= budget * (1 + 1e-4)
+
+
+def test_preserve_needs_a_weight_or_a_budget(host):
+    with pytest.raises(ConfigError, match="weight.*budget"):
+        host.registry.editor("tpsft").create({"weights": {"preserve": {"statistics": STATISTICS}}})
+    with pytest.raises(ConfigError, match="budget"):
+        host.registry.editor("grpo").create({"weights": {"preserve": {"budget": 0}}})
+    both = host.registry.editor("tpsft").create({"weights": {"preserve": {"weight": 1.0, "budget": 0.05}}})
+    assert both.config.weights.preserve.budget == 0.05
