@@ -25,8 +25,8 @@ forward hooks, so ``ΔW`` stays differentiable) and the loss
 
     edit_weight · NLL(target | edit prompt and its rephrases)  +  locality_weight · KL(pre ‖ post)
 
-(KL of the next-token distributions at every position of the request's locality prompts, or of
-other requests' prompts where it has none) is backpropagated into ``g`` and the steps only. The
+(KL of the next-token distributions where the request's locality prompts are answered, or
+other requests' facts where it has none) is backpropagated into ``g`` and the steps only. The
 trained hypernetwork is saved as one verified safetensors file (:meth:`MendHypernetwork.save`):
 its metadata holds the options, an identity of the model it was trained for and a digest of every
 tensor, and :func:`read_mend` refuses a damaged file; the editor refuses a file trained for
@@ -60,7 +60,7 @@ from easyetcon.errors import ConfigError, RequestError
 from easyetcon.locate.layers import resolve_layers
 from easyetcon.locate.solve import add_to_weight
 from easyetcon.records import tensor_digest
-from easyetcon.text import IGNORE_INDEX, build_target_batch, pad_id_of, pad_rows
+from easyetcon.text import IGNORE_INDEX, build_target_batch
 from easyetcon.training import masked_token_nll, trainable_only
 from easyetcon_intrinsic.ultraedit import keys_and_gradients
 
@@ -93,7 +93,11 @@ class MendOptions(BaseModel):
     steps: int = Field(default=500, ge=1, description="training steps, one request each, in shuffled passes")
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate of the hypernetwork")
     step_learning_rate: float = Field(default=1e-2, gt=0, description="Adam learning rate of each log-step ρ")
-    initial_step: float = Field(default=1.0, gt=0, description="α before training: the plain gradient step's size")
+    initial_step: float = Field(
+        default=0.05, gt=0,
+        description="α before training, the size of the plain gradient step the untrained network makes: scale-dependent, "
+        "choose it on a tuning split (the shipped world model: 0.05; the tiny random models: 1)",
+    )
     edit_weight: float = Field(default=0.1, ge=0, description="c_edit: weight of the post-edit target NLL")
     locality_weight: float = Field(default=1.0, ge=0, description="c_loc: weight of KL(pre ‖ post) on locality prompts")
     seed: int = Field(default=0, description="seed of the initialisation and of the request order")
@@ -351,17 +355,12 @@ def added_updates(model: Any, factors: dict[Site, tuple[torch.Tensor, torch.Tens
             handle.remove()
 
 
-def prompt_rows(model: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = [model.tokenizer(model.format_prompt(p))["input_ids"] for p in prompts]
-    input_ids, attention_mask = pad_rows(ids, pad_id_of(model.tokenizer))
-    return input_ids.to(model.device), attention_mask.to(model.device)
-
-
-def next_token_log_probs(model: Any, rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """fp32 log-probabilities of the next token at every position of padded prompt rows."""
-    input_ids, attention_mask = rows
-    logits = model.torch_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return torch.log_softmax(logits.float(), dim=-1)
+def answer_log_probs(model: Any, batch: Any) -> torch.Tensor:
+    """fp32 next-token log-probabilities at the positions of ``batch`` that predict an answer
+    token, ``(tokens, vocabulary)``: where the locality of an edit is asked."""
+    logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    predicts_answer = batch.labels[:, 1:] != IGNORE_INDEX
+    return torch.log_softmax(logits[:, :-1][predicts_answer].float(), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -375,19 +374,21 @@ class TrainingExample:
 
     rows: dict[Site, tuple[torch.Tensor, torch.Tensor]]
     edit_batch: Any  # TargetBatch of the edit prompt and its rephrases, with the target
-    locality: tuple[torch.Tensor, torch.Tensor]  # padded rows of the locality prompts
-    locality_before: torch.Tensor  # their next-token log-probabilities before the edit
+    locality: Any  # TargetBatch of the locality prompts with their answers
+    locality_before: torch.Tensor  # the answer positions' next-token log-probabilities before the edit
 
 
 def training_example(model: Any, sites: Sequence[Site], request: Any, others: Sequence[Any], positions: str) -> TrainingExample:
     rows = edit_rows(model, sites, [request], positions)
     prompts = [request.prompt, *request.rephrase_prompts]
     edit_batch = build_target_batch(model.tokenizer, [model.format_prompt(p) for p in prompts], [request.target_new] * len(prompts))
-    # unrelated facts stand in where a request brings no locality prompts
-    locality_prompts = [probe.prompt for probe in request.locality] or [r.prompt for r in others]
-    locality = prompt_rows(model, locality_prompts)
+    # other requests' facts stand in where a request brings no locality prompts
+    probes = [(probe.prompt, probe.answer) for probe in request.locality]
+    probes = probes or [(r.prompt, r.ground_truth or r.target_new) for r in others]
+    locality = build_target_batch(model.tokenizer, [model.format_prompt(p) for p, _ in probes], [a for _, a in probes])
+    locality = locality.to(model.device)
     with torch.no_grad():
-        before = next_token_log_probs(model, locality)
+        before = answer_log_probs(model, locality)
     return TrainingExample(rows, edit_batch.to(model.device), locality, before)
 
 
@@ -398,11 +399,9 @@ def post_edit_loss(model: Any, hypernetwork: MendHypernetwork, example: Training
         batch = example.edit_batch
         logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         edit_nll = masked_token_nll(logits, batch.labels)
-        after = next_token_log_probs(model, example.locality)
-    mask = example.locality[1].bool()
+        after = answer_log_probs(model, example.locality)
     before = example.locality_before
-    kl = (before.exp() * (before - after)).sum(-1)[mask].mean()
-    return edit_nll, kl
+    return edit_nll, (before.exp() * (before - after)).sum(-1).mean()
 
 
 def identity_hypernetwork(model: Any, options: MendOptions, rows: Sequence[dict[Site, tuple[torch.Tensor, torch.Tensor]]]) -> MendHypernetwork:
@@ -543,7 +542,9 @@ class Mend:
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         self.prepare(model, requests)
         hypernetwork = self.hypernetwork
-        rows = edit_rows(model, hypernetwork.sites, requests, hypernetwork.options.positions)
+        # each request's gradient on its own, as in training; a batch edit adds their updates
+        per_request = [edit_rows(model, hypernetwork.sites, [r], hypernetwork.options.positions) for r in requests]
+        rows = {site: tuple(torch.cat([part[site][i] for part in per_request]) for i in (0, 1)) for site in hypernetwork.sites}
         with torch.no_grad():
             factors = {site: hypernetwork.update_factors(site, *rows[site]) for site in hypernetwork.sites}
         for (kind, layer), (left, right) in factors.items():  # all computed on the model as the call found it
