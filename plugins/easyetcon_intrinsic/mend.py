@@ -374,8 +374,8 @@ class TrainingExample:
 
     rows: dict[Site, tuple[torch.Tensor, torch.Tensor]]
     edit_batch: Any  # TargetBatch of the edit prompt and its rephrases, with the target
-    locality: Any  # TargetBatch of the locality prompts with their answers
-    locality_before: torch.Tensor  # the answer positions' next-token log-probabilities before the edit
+    locality: Any  # TargetBatch of the locality prompts with their answers, or None (nothing to keep)
+    locality_before: torch.Tensor | None  # the answer positions' next-token log-probabilities before the edit
 
 
 def training_example(model: Any, sites: Sequence[Site], request: Any, others: Sequence[Any], positions: str) -> TrainingExample:
@@ -385,6 +385,8 @@ def training_example(model: Any, sites: Sequence[Site], request: Any, others: Se
     # other requests' facts stand in where a request brings no locality prompts
     probes = [(probe.prompt, probe.answer) for probe in request.locality]
     probes = probes or [(r.prompt, r.ground_truth or r.target_new) for r in others]
+    if not probes:  # a lone request without locality prompts: only the edit term trains
+        return TrainingExample(rows, edit_batch.to(model.device), None, None)
     locality = build_target_batch(model.tokenizer, [model.format_prompt(p) for p, _ in probes], [a for _, a in probes])
     locality = locality.to(model.device)
     with torch.no_grad():
@@ -399,6 +401,8 @@ def post_edit_loss(model: Any, hypernetwork: MendHypernetwork, example: Training
         batch = example.edit_batch
         logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         edit_nll = masked_token_nll(logits, batch.labels)
+        if example.locality is None:
+            return edit_nll, torch.zeros((), device=edit_nll.device)
         after = answer_log_probs(model, example.locality)
     before = example.locality_before
     return edit_nll, (before.exp() * (before - after)).sum(-1).mean()
@@ -442,12 +446,7 @@ def train_mend(model: Any, requests: Sequence[Any], options: MendOptions | dict[
         raise ConfigError("train_mend needs at least one request to train on")
     started = time.perf_counter()
     sites = edit_sites(model, options)
-    for name in [model.adapter.weight_name(*site) for site in sites]:
-        model.parameter(name)  # an offloaded or missing weight fails here, before training
-    examples = [
-        training_example(model, sites, r, [o for o in requests if o is not r][:2] or [r], options.positions)
-        for r in requests
-    ]
+    examples = [training_example(model, sites, r, [o for o in requests if o is not r][:2], options.positions) for r in requests]
     hypernetwork = identity_hypernetwork(model, options, [e.rows for e in examples])
     device = model.device
     for net in hypernetwork.networks.values():

@@ -222,3 +222,11 @@ def test_options_that_contradict_the_file_are_refused_and_the_files_are_the_defa
     with pytest.raises(ConfigError, match=r"trained with rank=8, not rank=4"):
         EditChain([("mend", {"hypernetwork": path, "rank": 4})])
     EditChain([("mend", {"hypernetwork": path, "rank": 8, "layers": [0, 1, 2]})])  # what it was trained with
+
+
+def test_training_needs_requests_and_trains_on_a_lone_request_without_locality():
+    model = model_of()
+    with pytest.raises(ConfigError, match="at least one request"):
+        train_mend(model, [], TINY_MEND)
+    trained = train_mend(model, tiny_learnable_requests()[:1], {**TINY_MEND, "steps": 20})
+    assert trained.training["post_edit_nll_trained"] < trained.training["post_edit_nll_untrained"]
