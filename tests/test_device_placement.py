@@ -33,7 +33,7 @@ from easyetcon.locate.layers import trace_mlp_effects
 from easyetcon.testing import tiny_model, tiny_requests
 from easyetcon.text import build_target_batch
 from tests.consolidation.helpers import LetterReward
-from tests.intrinsic.helpers import STRONG_VALUES, TINY_STATISTICS, sectioned, subject_final_requests
+from tests.intrinsic.helpers import STRONG_VALUES, TINY_STATISTICS, mend_hypernetwork, sectioned, subject_final_requests
 from tests.memory.helpers import serac_classifier_file
 
 
@@ -65,6 +65,8 @@ EDITS = {
     "alphaedit": (sectioned({**VALUES, "layers": [0, 1], "learning_rate": 0.5}), subject_final_requests),
     "emmet": (sectioned({**VALUES, "layers": [0, 1]}), subject_final_requests),
     "ultraedit": ({"learning_rate": 0.01, "layers": [0, 1, 2], "module": "mlp_out"}, subject_final_requests),
+    # a hypernetwork is trained for one model: options per architecture
+    "mend": (lambda architecture: {"hypernetwork": mend_hypernetwork(architecture)}, subject_final_requests),
     "ft-l": ({"steps": 5, "learning_rate": 0.05, "layers": [1]}, subject_final_requests),
     "ft-m": ({"steps": 5, "learning_rate": 0.05, "layers": [1, 2], "modules": ["mlp_in", "mlp_out"]}, subject_final_requests),
     "locft-bf": ({"steps": 3, "learning_rate": 0.05, "layers": [1], "batch_size": 1}, subject_final_requests),
@@ -182,6 +184,7 @@ CASES = [
 @pytest.mark.parametrize(("editor", "architecture", "placement"), CASES)
 def test_dispatched_model_gets_the_same_edit_and_undoes_it(editor, architecture, placement, tmp_path):
     options, make_requests = EDITS[editor]
+    options = options(architecture) if callable(options) else options
     plain = tiny_model(architecture)
     placed = dispatched(architecture, tmp_path, **PLACEMENTS[placement])
     original = placed.state_hash()

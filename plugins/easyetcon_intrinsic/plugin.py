@@ -1,4 +1,4 @@
-"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, AlphaEdit, EMMET and UltraEdit.
+"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, AlphaEdit, EMMET, UltraEdit and MEND.
 
 Each editor's algorithm reads top to bottom in its own module. They are registered by reference
 ("module:Class"): a module, and torch with it, is imported when its editor is first used.
@@ -45,6 +45,10 @@ def easyetcon_register_intrinsic_editors(register: Any) -> None:
         "ultraedit", "easyetcon_intrinsic.ultraedit:UltraEdit", config="easyetcon_intrinsic.ultraedit:UltraEditConfig",
         subfamily="closed-form",
         summary="UltraEdit: training- and subject-free ridge update from one backward pass, lifelong normalisation.",
+    )
+    register(
+        "mend", "easyetcon_intrinsic.mend:Mend", config="easyetcon_intrinsic.mend:MendConfig", subfamily="meta-learning",
+        summary="MEND: a hypernetwork trained on edit requests turns the edit's gradient into a low-rank update.",
     )
 
 

@@ -96,8 +96,8 @@ class Moments:
         return (rows.double() - self.mean) / (std + torch.finfo(torch.float32).eps)
 
 
-def keys_and_gradients(model: Any, modules: dict[int, torch.nn.Module], batch: Any, positions: str) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the module's inputs and the target loss's gradient at its outputs, at the read
+def keys_and_gradients(model: Any, modules: dict[Any, torch.nn.Module], batch: Any, positions: str) -> dict[Any, tuple[torch.Tensor, torch.Tensor]]:
+    """Per key of ``modules`` (a layer here, a (kind, layer) site in MEND), the module's inputs and the target loss's gradient at its outputs, at the read
     positions: fp32 ``(rows, in)`` and ``(rows, out)``. A zero probe added to each output carries
     the gradient, so no weight needs one."""
     inputs: dict[int, torch.Tensor] = {}

@@ -58,3 +58,28 @@ def world_model(name: str = "default"):
     from easyetcon.model import load_model
 
     return load_model(shipped_model_path(name))
+
+
+#: MEND training that takes a couple of seconds on a tiny model and makes its edits land there.
+TINY_MEND = {"steps": 100, "rank": 8, "initial_step": 3.0, "edit_weight": 1.0}
+_MEND_FILES: dict[str, str] = {}
+
+
+def mend_hypernetwork(architecture: str = "llama") -> str:
+    """The file of a MEND hypernetwork trained (once per test process) for the tiny
+    ``architecture`` model on the tiny learnable requests, with :data:`TINY_MEND`."""
+    if architecture not in _MEND_FILES:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from easyetcon_intrinsic.mend import train_mend
+
+        from easyetcon.testing import tiny_learnable_requests, tiny_model
+
+        folder = Path(tempfile.mkdtemp(prefix="easyetcon-mend-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        hypernetwork = train_mend(tiny_model(architecture), tiny_learnable_requests(), TINY_MEND)
+        _MEND_FILES[architecture] = str(hypernetwork.save(folder / f"mend-{architecture}.safetensors"))
+    return _MEND_FILES[architecture]

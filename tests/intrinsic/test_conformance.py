@@ -1,7 +1,7 @@
 """easyetcon's conformance suite for every intrinsic editor, on every tiny architecture."""
 
 from easyetcon.testing import EditorConformance
-from tests.intrinsic.helpers import STRONG_VALUES, TINY_STATISTICS, sectioned
+from tests.intrinsic.helpers import STRONG_VALUES, TINY_STATISTICS, mend_hypernetwork, sectioned
 
 
 class TestFTL(EditorConformance):
@@ -63,3 +63,22 @@ class TestLocFTBF(EditorConformance):
     options = {"steps": 40, "learning_rate": 0.05, "layers": [-1], "batch_size": 1}  # two requests: two steps per pass
     invalid_options = [{"batch_size": 0}, {"steps": 0}, {"layers": []}, {"append_eos": "sometimes"}]
     mode = "batch"
+
+
+class TestMend(EditorConformance):
+    editor = "mend"
+    invalid_options = [{"rank": 0}, {"layers": []}, {"modules": ["attn_out"]}, {"positions": "subject"}, {"steps": 0}]
+    # One request: a random 3-layer model's second one-step edit undoes much of the first (its
+    # margin falls to -0.6 on GPT-NeoX). That a batch adds each request's own update is checked
+    # in tests/intrinsic/test_mend.py.
+    request_count = 1
+    #: the model the options are for: a hypernetwork is trained per model (make_model sets it)
+    architecture = "llama"
+
+    @property
+    def options(self):  # type: ignore[override]
+        return {"hypernetwork": mend_hypernetwork(self.architecture)}
+
+    def make_model(self, architecture):
+        self.architecture = architecture
+        return super().make_model(architecture)
