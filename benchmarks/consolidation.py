@@ -68,6 +68,8 @@ GRPO_EVERY_10 = {**GRPO, "steps": 20, "schedule": {"every": 10, "scope": "since_
 # 0.788 / 0.603 / 0.870 (`--split tune --edits 165 --chains etcon+preserve`). The penalty holds TPSFT
 # back, so it gets more rounds of its trust region.
 PRESERVE_WEIGHT = 70.0
+# preserve.budget (scale-free): the relative change of the outputs on ordinary text each stage may make
+BUDGET = 0.05
 LORA = {"editor": "lora-merge", "rank": 4, "steps": 60, "learning_rate": 3e-3, "stop_loss": 0.5, "layers": [-1],
         "strategy": "linear", "merge_every": 10}
 
@@ -76,7 +78,7 @@ def eaft(tokens: str) -> dict:
     return {"top_k": 20, "alpha": 1.0, "tokens": tokens}
 
 
-def build_chains(tuned: dict) -> dict[str, list[dict]]:
+def build_chains(tuned: dict, budget: float = BUDGET) -> dict[str, list[dict]]:
     """Every chain, its intrinsic steps with the options in ``tuned`` (an ``intrinsic_configs``
     file); ``preserve`` reads AlphaEdit's key statistics."""
 
@@ -84,6 +86,7 @@ def build_chains(tuned: dict) -> dict[str, list[dict]]:
         return {"editor": name, **tuned.get(name, {}), **extra}
 
     held = {**FFN, "preserve": {"weight": PRESERVE_WEIGHT, "statistics": tuned["alphaedit"]["statistics"]}}
+    budgeted = {**FFN, "preserve": {"budget": budget, "statistics": tuned["alphaedit"]["statistics"]}}
     tpsft_held = {**TPSFT, "rounds": 60, "weights": held}
     grpo_held = {**GRPO, "learning_rate": 3e-4, "weights": held}
     return {
@@ -102,6 +105,8 @@ def build_chains(tuned: dict) -> dict[str, list[dict]]:
         "tpsft+preserve": [tpsft_held],
         "etcon+preserve": [tpsft_held, grpo_held],
         "etcon-every10+preserve": [tpsft_held, {**GRPO_EVERY_10, "learning_rate": 3e-4, "weights": held}],
+        "etcon+budget": [{**TPSFT, "weights": budgeted}, {**GRPO, "weights": budgeted}],
+        "tpsft+budget": [{**TPSFT, "weights": budgeted}],
         "ft-m+grpo+preserve": [editor("ft-m"), grpo_held],
         "rome+grpo+preserve": [editor("rome"), grpo_held],
         "alphaedit+grpo+preserve": [editor("alphaedit"), grpo_held],
@@ -155,6 +160,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/consolidation.json"))
     parser.add_argument("--worlds", default=None, help="comma-separated world models (shipped names or folders): the multi-world comparison")
     parser.add_argument("--configs", type=Path, default=None, help="intrinsic editors' options (default: intrinsic_configs.json)")
+    parser.add_argument("--budget", type=float, default=None, help=f"preserve.budget of the +budget chains [default: {BUDGET}]")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,8 +168,8 @@ def main() -> None:
     unknown = [name for name in names if name not in CHAINS]
     if unknown:
         parser.error(f"unknown chain(s) {unknown}; choose from {', '.join(CHAINS)}")
-    if args.configs is not None:
-        configure(load_configs(args.configs, sequential=True))
+    if args.configs is not None or args.budget is not None:
+        configure(load_configs(args.configs or DEFAULT_CONFIGS, sequential=True), budget=args.budget)
     if args.worlds:
         compare_worlds(args, names)
         return
@@ -205,9 +211,9 @@ def main() -> None:
         print(table(results), flush=True)
 
 
-def configure(tuned: dict) -> None:
-    """Use the intrinsic options of another configs file (e.g. the wide model's)."""
-    CHAINS.update(build_chains(tuned))
+def configure(tuned: dict, budget: float | None = None) -> None:
+    """Use the intrinsic options of another configs file (e.g. the wide model's) and another budget."""
+    CHAINS.update(build_chains(tuned, budget if budget is not None else BUDGET))
 
 
 def world_requests(world, split: str, n: int, seed: int) -> list:
