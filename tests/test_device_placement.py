@@ -62,6 +62,7 @@ VALUES = {**STRONG_VALUES, "statistics": {**TINY_STATISTICS, "cache": False}}
 EDITS = {
     "rome": (sectioned({**VALUES, "layer": 1, "kl_factor": 0.5}), subject_final_requests),
     "memit": (sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0}), subject_final_requests),
+    "namet": (sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0}), subject_final_requests),
     "alphaedit": (sectioned({**VALUES, "layers": [0, 1], "learning_rate": 0.5}), subject_final_requests),
     "emmet": (sectioned({**VALUES, "layers": [0, 1]}), subject_final_requests),
     "ultraedit": ({"learning_rate": 0.01, "layers": [0, 1, 2], "module": "mlp_out"}, subject_final_requests),

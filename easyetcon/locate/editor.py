@@ -150,20 +150,30 @@ class EditSites:
         return optimise_value(self.model, module, located, options, key_module=module)
 
     def hidden_targets(self, options: ValueOptions) -> torch.Tensor:
-        """The hidden state after the last edited layer that states each target: ``z_i = h_i + δ_i``, ``(n, d)``."""
+        """The hidden state after the last edited layer that states each target: ``z_i = h_i + δ_i``,
+        ``(n, d)``; with ``residual_at="prefixes"`` one per prefixed prompt, ``(n, prefixes, d)``."""
         values = [self.optimise(located, options) for located in self.located]
+        if options.residual_at == "prefixes" and len(self.located[0].texts) > 1:
+            return torch.stack([value.originals[1:] + value.delta for value in values])
         return torch.stack([value.original + value.delta for value in values])
 
     def spread(self, targets: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """For each layer in turn: ``(layer, keys, residuals)``, the residual still missing at the last
         edited layer divided among the layers left (MEMIT's eq. 14 step). Write each layer's update
-        (:meth:`write`) before asking for the next: its keys and residual are read after it."""
-        prompts = [located.texts[0] for located in self.located]
-        positions = [located.position for located in self.located]
+        (:meth:`write`) before asking for the next: its keys and residual are read after it.
+
+        ``targets`` ``(n, d)`` are measured at the bare prompts; ``(n, prefixes, d)`` (NAMET) at the
+        prefixed prompts, each request's residual the mean of its prompts' residuals."""
+        per_prefix = targets.dim() == 3
+        first = 1 if per_prefix else 0  # the prefixed prompts, or the bare prompt only
+        last = None if per_prefix else 1
+        prompts = [text for located in self.located for text in located.texts[first:last]]
+        positions = [position for located in self.located for position in located.positions[first:last]]
         for index, layer in enumerate(self.layers):
             keys = self.keys(layer)
             current = activations_at(self.model, self.last_block, prompts, positions, which="output")
-            yield layer, keys, (targets - current) / (len(self.layers) - index)
+            missing = (targets - current.view(targets.shape)).mean(dim=1) if per_prefix else targets - current
+            yield layer, keys, missing / (len(self.layers) - index)
 
     def write(self, layer: int, left: torch.Tensor, right: torch.Tensor) -> None:
         """``W ← W + left @ right`` on ``layer``'s ``mlp_out`` (journaled as its two factors)."""

@@ -10,9 +10,17 @@ after the last edited layer; the objective is the same (Meng et al. 2022, eq. 4)
   such as ``"{subject} is a"``, so what the model thinks the subject is does not drift (with
   ``kl_continuation_tokens``, over the model's own sentences about the subject instead: see
   :func:`essence_texts`),
-* ``weight_decay`` × ``(‖δ‖ / ‖v‖)²`` with ``v`` the original output,
+* ``weight_decay`` × ``(‖δ‖ / ‖v‖)²`` with ``v`` the original output (``norm_penalty="linear"``:
+  NAMET's ``‖δ‖ / ‖v‖``, ``‖v‖`` the root mean square over the prompts ``δ`` is added in),
 
 and after every step ``‖δ‖`` is clamped to ``clamp_norm_factor × ‖v‖``.
+
+NAMET (Dai et al. 2025, "Noise-Aware Memory Optimization") is MEMIT with three changes, each an
+option here: ``delta_position="left_padded"`` (its noise: its code left-pads the prefixed prompts and
+adds ``δ`` at the unpadded fact-token index, so in every shorter prompt ``δ`` lands a few tokens
+early), ``norm_penalty="linear"`` and ``residual_at="prefixes"`` (the residual a MEMIT-style
+editor writes is averaged over the prefixed prompts, each against its own optimised hidden state:
+:meth:`easyetcon.locate.EditSites.spread`).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -66,6 +74,25 @@ class ValueOptions(BaseModel):
         "continuation of each, sentence by sentence, leaving out sentences that state the edited fact",
     )
 
+    delta_position: Literal["fact_token", "left_padded"] = Field(
+        default="fact_token",
+        description="where δ is added in each prompt behind its prefixes: at the fact token (the papers), or "
+        "'left_padded' (NAMET's noise): at the fact token's index as if the prompts were left-padded to the longest "
+        "and the index not moved, i.e. as many tokens early as the prompt is shorter than the longest; a prompt "
+        "that puts δ before its first token is left out of the target's NLL (NAMET adds δ to padding there)",
+    )
+    norm_penalty: Literal["squared", "linear"] = Field(
+        default="squared",
+        description="weight_decay × (‖δ‖/‖v‖)², v the bare prompt's original output (default), or NAMET's "
+        "weight_decay × ‖δ‖/‖v‖, ‖v‖ the root mean square of the original outputs where δ is added",
+    )
+    residual_at: Literal["prompt", "prefixes"] = Field(
+        default="prompt",
+        description="MEMIT-style editors: the residual still missing after the last edited layer, measured at the "
+        "bare prompt (MEMIT) or averaged over the prefixed prompts, each against its own original output + δ "
+        "(NAMET; the bare prompt when there are no prefixes). ROME writes δ itself and ignores it",
+    )
+
     @field_validator("kl_prompts")
     @classmethod
     def _name_the_subject(cls, prompts: list[str]) -> list[str]:
@@ -79,12 +106,15 @@ class ValueOptions(BaseModel):
 class OptimisedValue:
     """``delta``: the output change; ``original``: the output at the bare prompt's subject; ``nll``:
     final target NLL; ``key``: with ``key_module``, its input at the fact token averaged over the
-    prefixes (what :func:`~.keys.fact_keys` gives, read from the first pass instead of another)."""
+    prefixes (what :func:`~.keys.fact_keys` gives, read from the first pass instead of another);
+    ``originals``: the output where ``δ`` is added in each prompt behind its prefixes, ``(texts, d)``
+    (row 0 is ``original``)."""
 
     delta: torch.Tensor
     original: torch.Tensor
     nll: float
     key: torch.Tensor | None = None
+    originals: torch.Tensor | None = None
 
 
 @dataclass
@@ -244,7 +274,7 @@ class ForwardPasses:
 
     def run(self, module: nn.Module, delta: torch.Tensor, *, suffix: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept logits ``(rows, keep width, vocab)`` with ``δ`` added, and ``module``'s output
-        (before ``δ``) at row 0's fact token."""
+        (before ``δ``) where ``δ`` is added in each row, ``(rows, d)``."""
         positions = [0] * len(self.positions) if suffix else self.positions
         # the capture, registered first, sees the output before δ is added
         with capture_output(module) as outputs, add_to_output(module, positions, delta):
@@ -260,7 +290,8 @@ class ForwardPasses:
                     logits = logits[torch.arange(len(keep), device=keep.device)[:, None], keep]
             else:
                 logits = logits_at(self.torch_model, self.input_ids, self.attention_mask, self.keep)
-        return logits, outputs[0][0, positions[0]]
+        hidden = outputs[0]
+        return logits, hidden[torch.arange(len(positions), device=hidden.device), torch.tensor(positions, device=hidden.device)]
 
     def suffix_agrees(self, module: nn.Module, width: int) -> bool:
         """Whether a suffix pass gives a full pass's logits (no gradients, ``δ = 0`` of ``width``)."""
@@ -278,6 +309,17 @@ class ForwardPasses:
         return float((logits.float() - full.float()).abs().max()) <= tolerance * scale
 
 
+def left_padded_positions(rows: Sequence[Sequence[int]], positions: Sequence[int]) -> tuple[list[int], list[bool]]:
+    """Where NAMET adds ``δ``: each row's fact-token index as if the rows were left-padded to the
+    longest and the index not moved, i.e. ``position − (longest − len(row))``, and whether that is
+    inside the row (if not, NAMET adds ``δ`` to padding: the row's fact token keeps its position
+    here and the row is left out of the NLL)."""
+    longest = max(len(row) for row in rows)
+    shifted = [position - (longest - len(row)) for row, position in zip(rows, positions)]
+    reached = [where >= 0 for where in shifted]
+    return [where if inside else position for where, inside, position in zip(shifted, reached, positions)], reached
+
+
 def optimise_value(
     model: Any, module: nn.Module, located: LocatedRequest, settings: ValueOptions, *, key_module: nn.Module | None = None,
 ) -> OptimisedValue:
@@ -292,12 +334,14 @@ def optimise_value(
         essence_texts(model, request, settings.kl_prompts, settings.kl_continuation_tokens, located.fact_token)
         if settings.kl_factor > 0 else []
     )
-    positions = list(located.positions) + [text.fact_position for text in essence]
-
     target = build_target_batch(tokenizer, rewriting, [request.target_new] * len(rewriting))
     rows = [row[: int(m.sum())].tolist() for row, m in zip(target.input_ids, target.attention_mask)]
-    rows += [text.ids for text in essence]
     n_rewriting = len(rewriting)
+    positions, reached = list(located.positions), [True] * n_rewriting
+    if settings.delta_position == "left_padded":
+        positions, reached = left_padded_positions(rows, positions)
+    positions += [text.fact_position for text in essence]
+    rows += [text.ids for text in essence]
     target_ids = target.target_ids[0]  # every rewriting row has the same target
     # the kept logit positions per row: a rewriting row's target positions, an essence text's KL positions
     kept = target.target_positions + [text.kl_positions for text in essence]
@@ -333,17 +377,25 @@ def optimise_value(
                 if key_module is not None:  # the rewriting rows are the prefixed prompts, target after the fact token
                     columns = torch.tensor([0 if suffix else p for p in positions[:n_rewriting]], device=inputs[0].device)
                     key = inputs[0][torch.arange(n_rewriting, device=columns.device), columns].float().mean(0).detach()
-                original = output.detach().float()
+                originals = output[:n_rewriting].detach().float()
+                original = originals[0]
                 reference = essence_log_probs(logits).detach() if essence else None
                 max_norm = settings.clamp_norm_factor * original.norm()
+                if settings.norm_penalty == "linear":  # NAMET's anchor: the outputs δ is added to
+                    anchor = originals[torch.tensor(reached, device=originals.device)].norm(dim=-1).pow(2).mean().sqrt()
                 optimizer = torch.optim.Adam([delta], lr=settings.learning_rate)
             rewriting_logits = logits[:n_rewriting, : len(target_ids)]
             log_probs = torch.log_softmax(rewriting_logits.float(), dim=-1)
-            nll = -log_probs.gather(-1, target_tokens.expand(n_rewriting, -1)[..., None]).squeeze(-1).mean(-1).mean()
+            row_nll = -log_probs.gather(-1, target_tokens.expand(n_rewriting, -1)[..., None]).squeeze(-1).mean(-1)
+            nll = row_nll.mean() if all(reached) else row_nll[torch.tensor(reached, device=row_nll.device)].mean()
             nll_value = float(nll.detach())
             if nll_value < settings.stop_nll or step == settings.steps:  # the last pass only measures
                 break
-            loss = nll + (settings.weight_decay * (delta.norm() / original.norm()) ** 2).to(nll.device)
+            if settings.norm_penalty == "linear":
+                penalty = settings.weight_decay * delta.norm() / anchor
+            else:
+                penalty = settings.weight_decay * (delta.norm() / original.norm()) ** 2
+            loss = nll + penalty.to(nll.device)
             if reference is not None:
                 kl = torch.nn.functional.kl_div(essence_log_probs(logits), reference, log_target=True, reduction="batchmean")
                 loss = loss + settings.kl_factor * kl
@@ -354,7 +406,7 @@ def optimise_value(
                 norm = delta.norm()
                 if norm > max_norm:
                     delta.mul_(max_norm / norm)
-    hits = greedy_hits(rewriting_logits.detach(), target_ids)
+    hits = [hit for hit, used in zip(greedy_hits(rewriting_logits.detach(), target_ids), reached) if used]
     if 2 * sum(hits) < len(hits):
         warnings.warn(
             f"request {request.request_id!r}: after {step} value steps the target is the greedy "
@@ -365,4 +417,4 @@ def optimise_value(
             EditNotReachedWarning,
             stacklevel=2,
         )
-    return OptimisedValue(delta.detach(), original, nll_value, key)
+    return OptimisedValue(delta.detach(), original, nll_value, key, originals)

