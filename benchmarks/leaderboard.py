@@ -346,6 +346,12 @@ class PeakRss:
             self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     @property
+    def description(self) -> str:
+        if self.method == "rss_sampled":
+            return f"RSS from /proc/self/statm sampled every {self.interval * 1000:.0f} ms"
+        return "growth of getrusage's max RSS (a new peak of the process only)"
+
+    @property
     def growth_mib(self) -> float:
         return max(self.peak - self.start, 0) / 2**20
 
@@ -423,7 +429,8 @@ def table(data: dict[str, Any]) -> str:
     for key, row in data["entries"].items():
         name, mode = row["name"] + (" (chain)" if row["kind"] == "chain" else ""), row["mode"]
         if "skipped" in row or "error" in row:
-            what = f"skipped: {row['skipped']}" if "skipped" in row else f"**failed**: {row['error'].splitlines()[0][:300]}"
+            what = f"skipped: {row['skipped']}" if "skipped" in row else f"**failed**: {' '.join(row['error'].split())[:300]}"
+            what = what.replace("|", "\\|")
             lines.append(f"| {name} | {mode} | – | {what} |" + " |" * (len(METRICS) + 2))
             continue
         for protocol, values in row["scores"].items():
@@ -434,7 +441,7 @@ def table(data: dict[str, Any]) -> str:
             )
         sources.append(f"- {name}, {mode}: {row['options_source']}")
     meta = data["meta"]
-    intro = (f"Leaderboard on {meta['model']} ({meta['split']} split): {meta['single']} single edits (each alone, "
+    intro = (f"Leaderboard on the {Path(meta['model']).name} world model ({meta['split']} split): {meta['single']} single edits (each alone, "
              f"undone) and {meta['sequential']} sequential edits (scored after the last). Locality is agreement with "
              f"the unedited model; s/edit is the median seconds of one chain application; peak RSS is the growth of "
              f"the process's resident memory while the entry ran ({meta['peak_memory']}).")
@@ -448,7 +455,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in data["entries"].values() if "scores" in r]
-    protocols = sorted({p for r in rows for p in r["scores"]})
+    protocols = list(dict.fromkeys(p for r in rows for p in r["scores"]))
     figure, axes = plt.subplots(len(MODES), max(len(protocols), 1), figsize=(6 * max(len(protocols), 1), 5 * len(MODES)),
                                 squeeze=False)
     for i, mode in enumerate(MODES):
@@ -501,8 +508,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, world, folder = load_world_model(args.model, args.dtype)
     meta = {"model": folder, "split": args.split, "edit_seed": args.edit_seed, "single": args.single,
-            "sequential": args.sequential, "protocols": list(PROTOCOLS),
-            "peak_memory": f"{PeakRss().method}: {'sampled /proc/self/statm' if PeakRss().method == 'rss_sampled' else 'getrusage max RSS'}"}
+            "sequential": args.sequential, "protocols": list(PROTOCOLS), "peak_memory": PeakRss().description}
     data: dict[str, Any] = {"meta": meta, "environment": environment(args), "entries": {}}
     if args.out.is_file():
         data = json.loads(args.out.read_text(encoding="utf-8"))
