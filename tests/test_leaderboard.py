@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "leaderboard.py"
 CONFIGS = SCRIPT.parent / "intrinsic_configs.json"
 
 
-def load_script():
+def load_script(monkeypatch):
     spec = importlib.util.spec_from_file_location("leaderboard", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "leaderboard", module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -26,7 +28,7 @@ def load_script():
 def leaderboard(tmp_path, monkeypatch):
     monkeypatch.setenv("EASYETCON_CACHE", str(tmp_path / "cache"))
     set_host(None)  # the installed plugins, as the script sees them
-    yield load_script()
+    yield load_script(monkeypatch)
     set_host(None)
 
 
