@@ -41,6 +41,11 @@ JSON names the source of each entry's options:
 * anything else registered: its registered defaults;
 * chain steps without options get the options of that editor's own entry.
 
+The choices of IKE, WISE, MEND and LoRA-merge were made with the default model; no other exists,
+so ``--model wide`` reuses them (calibrations and training run on the model at hand). The
+sequential protocol edits one request per application; a ``sequential_overrides`` entry tuned
+for batched calls (UltraEdit's on wide, batches of 55) is applied as it is.
+
 Results go to ``--out`` after every (entry, protocol); a run started again with the same ``--out``
 skips what is there (``--retry-failed`` runs failed entries again). An entry that fails is kept
 with its error and shown as failed in the table. ``--table`` writes Markdown, ``--plot`` a figure
@@ -165,15 +170,15 @@ def results_file(name: str) -> dict[str, Any]:
 def ike_choice(setup: Setup, mode: str) -> Choice:
     chosen = results_file("ike_fact_world.json")["test"][mode]
     return Choice(dict(chosen["options"]), f"benchmarks/ike_fact_world.py's choice on the tune split "
-                  f"(results/ike_fact_world.json: templates {chosen['template']!r}, k {chosen['k']})")
+                  f"(results/ike_fact_world.json: templates {chosen['template']!r}, k {chosen['k']}; chosen with the default model)")
 
 
 def wise_choice(setup: Setup, mode: str) -> Choice:
     options = dict(results_file(f"wise_world_{mode}.json")["options"])
     # wise_world.py --irrelevant 16: the prompts of the last 16 tune facts, taken from this world
     options["irrelevant_prompts"] = [r.prompt for r in setup.tune()[-16:]]
-    return Choice(options, f"benchmarks/wise_world.py as docs/memory.md runs it (results/wise_world_{mode}.json), "
-                  "irrelevant_prompts the last 16 tune prompts")
+    return Choice(options, f"benchmarks/wise_world.py as docs/memory.md runs it (results/wise_world_{mode}.json, chosen with the "
+                  "default model), irrelevant_prompts the last 16 tune prompts")
 
 
 def calibration_requests(setup: Setup) -> list[Any]:
@@ -206,8 +211,8 @@ def grace_choice(setup: Setup, mode: str) -> Choice:
 
 
 def lora_choice(setup: Setup, mode: str) -> Choice:
-    return Choice(dict(LORA_OPTIONS), "memory_merging.py's --lora-options and --merge-every defaults, the registered "
-                  "default strategy")
+    return Choice(dict(LORA_OPTIONS), "memory_merging.py's --lora-options and --merge-every defaults (chosen on a small "
+                  "preset world), the registered default strategy")
 
 
 def serac_choice(setup: Setup, mode: str) -> Choice:
@@ -232,8 +237,9 @@ def mend_choice(setup: Setup, mode: str) -> Choice:
         return str(hypernetwork.save(setup.scratch / "mend.safetensors"))
 
     path, seconds = setup.once("mend", train)
-    return Choice({"hypernetwork": path}, f"mend_fact_world.py's choice on the tune split (trial {chosen['trial']!r}), "
-                  "the hypernetwork trained on the whole tune split (seconds: the training)", seconds)
+    return Choice({"hypernetwork": path}, f"mend_fact_world.py's choice on the tune split (trial {chosen['trial']!r}, "
+                  "chosen with the default model), the hypernetwork trained for this model on the whole tune split "
+                  "(seconds: the training)", seconds)
 
 
 SPECIAL_CHOICES: dict[str, Callable[[Setup, str], Choice]] = {
