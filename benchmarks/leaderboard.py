@@ -70,7 +70,6 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import yaml  # noqa: E402
 from intrinsic_common import (  # noqa: E402
     DEFAULT_CONFIGS,
     METRICS,
@@ -115,6 +114,8 @@ class Choice:
 
 @dataclass
 class Entry:
+    """A row of the leaderboard: a registered editor or a chain file (``skipped``: why it is not run)."""
+
     name: str
     kind: str  # "editor" or "chain"
     editor: str | None = None
@@ -262,7 +263,9 @@ def entry_steps(setup: Setup, entry: Entry, mode: str) -> tuple[list[dict[str, A
     if entry.kind == "editor":
         choice = editor_choice(setup, entry.editor, mode)
         return [{"editor": entry.editor, **choice.options}], choice.source, choice.training_seconds
-    spec = yaml.safe_load(entry.chain_file.read_text(encoding="utf-8"))
+    from easyetcon.spec import read_spec_file
+
+    spec = read_spec_file(entry.chain_file)  # the chain's steps only: every entry runs both protocols
     steps, sources, training = [], [f"{relative(entry.chain_file)}"], []
     for step in spec["chain"]:
         if set(step) - {"editor", "label"}:
