@@ -29,8 +29,10 @@ class OutputPreservation(BaseModel):
 
     * ``weight`` (λ): MEMIT's preservation objective as a penalty, ``λ · tr(ΔW C ΔWᵀ) / c̄``
       added to the loss (``c̄ = tr(C) / d``). Directions ordinary text uses become expensive,
-      directions only the edit's keys use stay cheap. What a λ does depends on the size of the
-      loss's gradients, so a value tuned on one model need not suit another.
+      directions only the edit's keys use stay cheap. What a λ does then depends on the size of
+      the weights, so a value tuned on one model need not suit another; ``scale: outputs``
+      divides by ``tr(W C Wᵀ)`` instead, so the penalty is λ times the squared *relative* change
+      of the outputs, in nats, whatever the model's width or activation scale.
     * ``budget`` (β): a locality budget the stage keeps to, the same on any model and dataset:
       the outputs' relative change ``sqrt(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ))`` stays at most β (0.05:
       outputs on ordinary text move by at most 5 % RMS). A larger change is scaled back towards
@@ -42,6 +44,12 @@ class OutputPreservation(BaseModel):
 
     weight: float | None = Field(
         default=None, gt=0, description="λ, the penalty's weight (0 < λ; larger keeps more, edits less); off when null."
+    )
+    scale: Literal["keys", "outputs"] = Field(
+        default="keys",
+        description="what the penalty is divided by: keys (c̄ = tr(C)/d, λ depends on the weights' size) or "
+        "outputs (tr(W C Wᵀ), the outputs' own energy: the penalty is λ times the squared relative change, "
+        "scale-free like budget)",
     )
     budget: float | None = Field(
         default=None, gt=0,
@@ -137,6 +145,8 @@ def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerSta
             transposed = model.adapter.is_transposed(module)
             if preserve.weight is not None:
                 strength = 2.0 * preserve.weight
+                if preserve.scale == "outputs":  # λ·tr(ΔW C ΔWᵀ)/tr(W C Wᵀ): the ratio is the same in C's scaled units
+                    strength /= max(float(output_energy(start.float(), scaled, transposed)), 1e-30)
 
                 def add_penalty(grad: torch.Tensor, parameter=parameter, start=start, scaled=scaled, transposed=transposed):
                     change = (parameter.detach() - start).float()

@@ -163,3 +163,29 @@ def test_preserve_needs_a_weight_or_a_budget(host):
         host.registry.editor("grpo").create({"weights": {"preserve": {"budget": 0}}})
     both = host.registry.editor("tpsft").create({"weights": {"preserve": {"weight": 1.0, "budget": 0.05}}})
     assert both.config.weights.preserve.budget == 0.05
+
+
+def test_scale_outputs_divides_the_penalty_by_the_outputs_energy(host):
+    """With ``scale: outputs`` the hook's gradient is that of λ·tr(ΔW C ΔWᵀ)/tr(W C Wᵀ): the same
+    relative change costs the same whatever the weights' size (scaling W by 10 leaves the
+    gradient per relative change unchanged)."""
+    model = tiny_model(registry=host.registry)
+    layer, weight = 1, 3.0
+    selection = FfnSelection(layers=[layer], preserve={"weight": weight, "scale": "outputs", "statistics": STATISTICS})
+    statistics, mom2 = key_moment(model, layer)
+    parameter = model.adapter.module(model.torch_model, "mlp_out", layer).weight
+    start = parameter.detach().clone()
+    change = torch.randn_like(parameter) * 0.01
+    with preserving_outputs(model, selection, statistics):
+        with torch.no_grad():
+            parameter.add_(change)
+        parameter.requires_grad_(True)
+        parameter.grad = None
+        (parameter * 0).sum().backward()
+        hooked = parameter.grad.clone()
+    variable = parameter.detach().clone().double().requires_grad_(True)
+    delta, w0 = variable - start.double(), start.double()
+    (weight * torch.trace(delta @ mom2 @ delta.T) / torch.trace(w0 @ mom2 @ w0.T)).backward()
+    assert (hooked.double() - variable.grad).abs().max() < 1e-5 * variable.grad.abs().max()
+    with torch.no_grad():
+        parameter.copy_(start)
