@@ -63,3 +63,14 @@ class TestLocFTBF(EditorConformance):
     options = {"steps": 40, "learning_rate": 0.05, "layers": [-1], "batch_size": 1}  # two requests: two steps per pass
     invalid_options = [{"batch_size": 0}, {"steps": 0}, {"layers": []}, {"append_eos": "sometimes"}]
     mode = "batch"
+
+
+class TestAnyEdit(EditorConformance):
+    editor = "anyedit"
+    # the tiny targets are one token: one chunk each, which AnyEdit edits as its base editor does
+    options = {"chunks": {"size": 4}, "base": {"editor": "memit", **sectioned({**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0})}}
+    invalid_options = [
+        {"chunks": {"unit": "paragraph"}}, {"chunks": {"size": 0}}, {"base": {"editor": "rome"}},
+        {"base": {"editor": "memit", "key": {"fact_token": "subject_last"}}}, {"base": {"editor": "alphaedit", "l2": 0}},
+    ]
+    mode = "batch"
