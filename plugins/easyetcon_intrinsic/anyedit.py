@@ -9,7 +9,8 @@ locate-then-edit editor (``base:``):
 1. chunk ``j``'s *context* is the prompt followed by the chunks before it, ``c_1 … c_{j-1}``:
    the answer so far, as the target says it (teacher forcing);
 2. its key is read at the context's **last token** (``key.fact_token`` is ``last``), so every
-   chunk has its own key: the same text, a later position;
+   chunk has its own key: the same text, a later position (by default without prefixes,
+   ``key.prefixes: 0``: see :class:`ContextKeyOptions`);
 3. its value ``δ_j`` is optimised so that ``c_j`` follows that context (the base editor's value
    options, at the residual stream after its last layer);
 4. the ``m`` chunk edits of every request are inserted as **one batch** of the base editor
@@ -54,12 +55,16 @@ class ChunkOptions(BaseModel):
 
 
 class ContextKeyOptions(KeyOptions):
-    """The ``key:`` section of AnyEdit's base editor: keys at the last token of each chunk's context."""
+    """The ``key:`` section of AnyEdit's base editor: keys at the last token of each chunk's
+    context, read in the bare context by default (as the paper's code does). A prefix-averaged
+    key at an ordinary token (a full stop) is much like every other key at that token, so it
+    misses the key the model computes there when it says the target."""
 
     fact_token: Literal["last"] = Field(
         default="last",
         description="AnyEdit reads each chunk's key at the last token of its context (the prompt and the chunks before it)",
     )
+    prefixes: int = Field(default=0, ge=0, le=100, description="prefix contexts keys and values are averaged over (besides the bare context)")
 
 
 class OnMemit(MemitConfig):
