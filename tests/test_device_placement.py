@@ -64,6 +64,7 @@ EDITS = {
     "memit": (sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0}), subject_final_requests),
     "alphaedit": (sectioned({**VALUES, "layers": [0, 1], "learning_rate": 0.5}), subject_final_requests),
     "emmet": (sectioned({**VALUES, "layers": [0, 1]}), subject_final_requests),
+    "anyedit": ({"base": {"editor": "memit", **sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0})}}, subject_final_requests),
     "ultraedit": ({"learning_rate": 0.01, "layers": [0, 1, 2], "module": "mlp_out"}, subject_final_requests),
     "ft-l": ({"steps": 5, "learning_rate": 0.05, "layers": [1]}, subject_final_requests),
     "ft-m": ({"steps": 5, "learning_rate": 0.05, "layers": [1, 2], "modules": ["mlp_in", "mlp_out"]}, subject_final_requests),

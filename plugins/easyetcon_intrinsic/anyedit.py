@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from easyetcon.locate import KeyOptions
 from easyetcon.locate.values import split_sentences
@@ -100,8 +100,14 @@ class AnyEditConfig(BaseModel):
     chunks: ChunkOptions = Field(default_factory=ChunkOptions, description="how each target is split into chunks")
     base: OnMemit | OnAlphaEdit | OnEmmet = Field(
         default_factory=OnMemit, discriminator="editor",
-        description="the locate-then-edit editor that inserts the chunks, with its options: editor: memit, alphaedit or emmet",
+        description="the locate-then-edit editor that inserts the chunks, with its options: editor: memit (the default), "
+        "alphaedit or emmet",
     )
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _memit_by_default(cls, value: Any) -> Any:
+        return {**value, "editor": "memit"} if isinstance(value, dict) and "editor" not in value else value
 
 
 def split_target(target: str, options: ChunkOptions, token_count: Callable[[str], int]) -> list[str]:

@@ -135,8 +135,12 @@ def test_alphaedit_base_journals_one_key_per_chunk_and_a_replay_rebuilds_its_sta
         assert torch.equal(fresh.base.solver(replayed, layer).inverse, editor.base.solver(model, layer).inverse)
 
 
-def test_the_base_editor_must_read_keys_at_the_contexts_last_token():
+def test_the_base_editor_reads_keys_at_the_contexts_last_token_without_prefixes_and_is_memit_by_default():
     from easyetcon.errors import ConfigError
 
+    info = get_host().registry.editor("anyedit")
     with pytest.raises(ConfigError, match="fact_token"):
-        get_host().registry.editor("anyedit").validate_options({"base": {"editor": "memit", "key": {"fact_token": "subject_last"}}})
+        info.validate_options({"base": {"editor": "memit", "key": {"fact_token": "subject_last"}}})
+    config = info.validate_options({"base": {"layers": [3]}})
+    assert config.base.editor == "memit" and config.base.key.fact_token == "last" and config.base.key.prefixes == 0
+    assert info.validate_options({"base": {"editor": "alphaedit"}}).base.value.learning_rate == 0.1  # AlphaEdit's own defaults
