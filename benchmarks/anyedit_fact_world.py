@@ -56,6 +56,12 @@ def lcs_length(first: list[str], second: list[str]) -> int:
     return row[-1]
 
 
+def object_said(continuation: str, obj: str) -> float:
+    """Whether the continuation starts with the object as whole words (a company's name has two)."""
+    said = " ".join(continuation.split())
+    return float(said.startswith(obj) and not said[len(obj) : len(obj) + 1].isalnum())
+
+
 def score(model: Any, request: Any, unedited_locality: list[str]) -> dict[str, float]:
     """The long-form scores of ``request`` on the model as it is now (see the module docstring)."""
     target = " ".join(request.target_new.split())
@@ -68,7 +74,7 @@ def score(model: Any, request: Any, unedited_locality: list[str]) -> dict[str, f
         "exact": float(" ".join(said_words[: len(target_words)]) == target),
         "token_share": sum(a == b for a, b in zip(said_ids, target_ids)) / len(target_ids),
         "rouge_l": lcs_length(said_words[: len(target_words) + 2], target_words) / len(target_words),
-        "object": float(bool(said_words) and said_words[0].rstrip(".") == request.metadata["target_object"]),
+        "object": object_said(continuation, request.metadata["target_object"]),
         "locality": mean([float(a == b) for a, b in zip(locality, unedited_locality)]),
         "continuation": continuation,
     }
