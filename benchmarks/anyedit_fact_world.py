@@ -4,7 +4,7 @@
 
 Each request's target is the new object and two sentences the world states about it
 (``make_edit_requests(..., long_form=2)``: ``"Lakriwick. Lakriwick is a city in Trunand. The
-official language of Trunand is Pusian."``, about 20 tokens). For each editor and request, the
+official language of Trunand is Pusian."``, 17 to 21 tokens). For each editor and request, the
 unedited model is edited, scored, and the edit undone:
 
 * ``exact``: the greedy continuation of the prompt reproduces the whole target;
