@@ -65,6 +65,7 @@ EDITS = {
     "namet": (sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0}), subject_final_requests),
     "alphaedit": (sectioned({**VALUES, "layers": [0, 1], "learning_rate": 0.5}), subject_final_requests),
     "emmet": (sectioned({**VALUES, "layers": [0, 1]}), subject_final_requests),
+    "anyedit": ({"base": {"editor": "memit", **sectioned({**VALUES, "layers": [0, 1], "covariance_weight": 1.0})}}, subject_final_requests),
     "ultraedit": ({"learning_rate": 0.01, "layers": [0, 1, 2], "module": "mlp_out"}, subject_final_requests),
     # a hypernetwork is trained for one model: options per architecture
     "mend": (lambda architecture: {"hypernetwork": mend_hypernetwork(architecture)}, subject_final_requests),

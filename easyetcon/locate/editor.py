@@ -122,16 +122,23 @@ class SpanConfig(LocateThenEditConfig):
 class EditSites:
     """The requests of one edit, located once, and the modules they are written to.
 
-    ``located[i]`` is ``requests[i]``'s fact token behind every prefix; ``modules[layer]`` the
-    layer's ``mlp_out``; ``last_block`` the decoder block of the last edited layer, whose output
-    MEMIT-style editors optimise.
+    ``located[i]`` is ``requests[i]``'s fact token behind every prefix (with ``contexts``, after
+    ``contexts[i]``: what the model has already said after that prompt, see
+    :func:`~easyetcon.locate.keys.locate_request`); ``modules[layer]`` the layer's ``mlp_out``;
+    ``last_block`` the decoder block of the last edited layer, whose output MEMIT-style editors optimise.
     """
 
-    def __init__(self, model: Any, requests: Sequence[Any], layers: Sequence[int], prefixes: Sequence[str], key: KeyOptions) -> None:
+    def __init__(
+        self, model: Any, requests: Sequence[Any], layers: Sequence[int], prefixes: Sequence[str], key: KeyOptions,
+        contexts: Sequence[str] | None = None,
+    ) -> None:
         self.model, self.layers = model, list(layers)
+        contexts = [""] * len(requests) if contexts is None else list(contexts)
+        if len(contexts) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         self.located = [
-            locate_request(model.tokenizer, request, prefixes, key.fact_token, format_prompt=model.format_prompt)
-            for request in requests
+            locate_request(model.tokenizer, request, prefixes, key.fact_token, format_prompt=model.format_prompt, context=context)
+            for request, context in zip(requests, contexts)
         ]
         self.modules = {layer: model.adapter.module(model.torch_model, "mlp_out", layer) for layer in self.layers}
         self.last_block = model.adapter.blocks(model.torch_model)[self.layers[-1]]
@@ -238,10 +245,11 @@ class LocateThenEdit:
     def weights_to_edit(self, model: Any, requests: Sequence[Any]) -> list[str]:
         return [model.adapter.weight_name("mlp_out", layer) for layer in self.layers(model, requests)]
 
-    def locate(self, model: Any, requests: Sequence[Any]) -> EditSites:
+    def locate(self, model: Any, requests: Sequence[Any], contexts: Sequence[str] | None = None) -> EditSites:
         """Check every request names its subject, :meth:`prepare` (a no-op after the chain's), and
-        locate the requests at the edited layers."""
+        locate the requests at the edited layers (each after its ``contexts`` entry, if given: an
+        answer so far, see :class:`EditSites`)."""
         for request in requests:
             request.require_subject_in_prompt()
         self.prepare(model, requests)
-        return EditSites(model, requests, self.layers(model, requests), self.prefixes(model), self.config.key)
+        return EditSites(model, requests, self.layers(model, requests), self.prefixes(model), self.config.key, contexts)

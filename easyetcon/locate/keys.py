@@ -104,17 +104,25 @@ class LocatedRequest:
 
 def locate_request(
     tokenizer: Any, request: Any, prefixes: Sequence[str], fact_token: FactToken,
-    *, format_prompt: Callable[[str], str] | None = None,
+    *, format_prompt: Callable[[str], str] | None = None, context: str = "",
 ) -> LocatedRequest:
     """Locate ``request``'s fact token behind each of ``prefixes`` (the first must be ``"{}"``),
     each prefixed prompt put in the model's context by ``format_prompt`` (the prefix is part of
-    what the user says)."""
+    what the user says).
+
+    ``context`` is text the model has already said after the prompt (an answer so far, with its
+    leading space): it follows each formatted prompt, so the target is what comes after it, and
+    the ``"last"`` fact token is its last token. The subject is still the prompt's (a mention of
+    it in ``context`` is not the fact token)."""
     if not prefixes or prefixes[0] != "{}":
         raise ValueError(f"the first prefix must be the bare prompt '{{}}', got {list(prefixes[:1])}")
-    texts = fill_prefixes(prefixes, request.prompt)
+    prompts = fill_prefixes(prefixes, request.prompt)
     if format_prompt is not None:
-        texts = [format_prompt(text) for text in texts]
-    positions = fact_positions(tokenizer, texts, [request.subject] * len(texts), [request.request_id] * len(texts), fact_token)
+        prompts = [format_prompt(text) for text in prompts]
+    texts = [prompt + context for prompt in prompts]
+    # the subject's tokens are the same in the prompt alone: the context only follows them
+    located = texts if fact_token == "last" else prompts
+    positions = fact_positions(tokenizer, located, [request.subject] * len(texts), [request.request_id] * len(texts), fact_token)
     return LocatedRequest(request, tuple(texts), tuple(positions), fact_token)
 
 

@@ -46,7 +46,7 @@ from pydantic import Field
 from easyetcon.devices import execution_device
 from easyetcon.errors import JournalError
 from easyetcon.protocols import LastEditState
-from easyetcon.locate import LocateThenEdit, SpanConfig, ValueOptions, with_defaults
+from easyetcon.locate import EditSites, LocateThenEdit, SpanConfig, ValueOptions, with_defaults
 from easyetcon.locate.solve import NullSpaceSolver, Projector, nullspace_basis, trace_fp64
 
 AlphaEditValueOptions = with_defaults(ValueOptions, learning_rate=0.1, clamp_norm_factor=0.75)
@@ -143,6 +143,11 @@ class AlphaEdit(LocateThenEdit):
         sites = self.locate(model, requests)
         # 1. the hidden state after the last edited layer that states each target (as in MEMIT)
         targets = sites.hidden_targets(self.config.value)
+        self.insert(model, sites, targets)
+
+    def insert(self, model: Any, sites: EditSites, targets: torch.Tensor) -> None:
+        """Steps 2-3: write the located requests' target hidden states (``targets``, ``(n, d)``)
+        and remember their keys."""
         # 2. spread the residual over the layers, each update confined to the null space
         written: dict[int, torch.Tensor] = {}
         for layer, keys, residuals in sites.spread(targets):
@@ -152,4 +157,4 @@ class AlphaEdit(LocateThenEdit):
             left, right = self.solver(model, layer).factors(keys, residuals)
             sites.write(layer, left, right)
         # 3. remember the keys just written, so later edits leave them alone
-        self._add_edited_keys(model, [r.request_id for r in requests], written)
+        self._add_edited_keys(model, [located.request.request_id for located in sites.located], written)

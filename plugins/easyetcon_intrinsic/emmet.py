@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from easyetcon.locate import LocateThenEdit, SpanConfig, ValueOptions, with_defaults
+from easyetcon.locate import EditSites, LocateThenEdit, SpanConfig, ValueOptions, with_defaults
 from easyetcon.locate.solve import FactorisationCache, FactoredCovariance
 
 EmmetValueOptions = with_defaults(ValueOptions, clamp_norm_factor=0.75)
@@ -70,6 +70,10 @@ class Emmet(LocateThenEdit):
     def edit(self, model: Any, requests: Sequence[Any]) -> None:
         sites = self.locate(model, requests)
         targets = sites.hidden_targets(self.config.value)  # 1. the hidden states that state the targets
-        for layer, keys, residuals in sites.spread(targets):  # 2. each layer's share, met exactly
+        self.insert(model, sites, targets)
+
+    def insert(self, model: Any, sites: EditSites, targets: torch.Tensor) -> None:
+        """Step 2: write the located requests' target hidden states (``targets``, ``(n, d)``)."""
+        for layer, keys, residuals in sites.spread(targets):  # each layer's share, met exactly
             left, right = equality_factors(keys, residuals, self.covariance(model, layer), self.config.equality_ridge)
             sites.write(layer, left, right)

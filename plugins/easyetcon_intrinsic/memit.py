@@ -27,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from pydantic import Field
 
-from easyetcon.locate import SpanConfig, LocateThenEdit, ValueOptions, with_defaults
+from easyetcon.locate import EditSites, LocateThenEdit, SpanConfig, ValueOptions, with_defaults
 from easyetcon.locate.solve import FactorisationCache, FactoredCovariance, least_squares_factors
 
 MemitValueOptions = with_defaults(ValueOptions, clamp_norm_factor=0.75)
@@ -59,7 +60,11 @@ class Memit(LocateThenEdit):
         sites = self.locate(model, requests)
         # 1. the hidden state after the last edited layer that states each target
         targets = sites.hidden_targets(self.config.value)
-        # 2. spread the missing residual over the layers, each solved by least squares
+        self.insert(model, sites, targets)
+
+    def insert(self, model: Any, sites: EditSites, targets: torch.Tensor) -> None:
+        """Step 2: write the located requests' target hidden states (``targets``, ``(n, d)``)."""
+        # spread the missing residual over the layers, each solved by least squares
         for layer, keys, residuals in sites.spread(targets):
             covariance = self.covariance(model, layer)
             left, right = least_squares_factors(keys, residuals, covariance, self.config.covariance_weight)

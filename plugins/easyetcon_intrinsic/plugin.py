@@ -1,4 +1,4 @@
-"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, NAMET, AlphaEdit, EMMET, UltraEdit and MEND.
+"""The intrinsic-editing family: FT-L, FT-M, LocFT-BF, ROME, MEMIT, NAMET, AlphaEdit, EMMET, AnyEdit, UltraEdit and MEND.
 
 Each editor's algorithm reads top to bottom in its own module. They are registered by reference
 ("module:Class"): a module, and torch with it, is imported when its editor is first used.
@@ -44,6 +44,10 @@ def easyetcon_register_intrinsic_editors(register: Any) -> None:
     register(
         "emmet", "easyetcon_intrinsic.emmet:Emmet", config="easyetcon_intrinsic.emmet:EmmetConfig", subfamily="locate-then-edit",
         summary="EMMET: batched ROME, every new key's value met exactly over MEMIT's spread of layers.",
+    )
+    register(
+        "anyedit", "easyetcon_intrinsic.anyedit:AnyEdit", config="easyetcon_intrinsic.anyedit:AnyEditConfig", subfamily="locate-then-edit",
+        summary="AnyEdit: a long target edited chunk by chunk, each after the chunks before it, by MEMIT, AlphaEdit or EMMET.",
     )
     register(
         "ultraedit", "easyetcon_intrinsic.ultraedit:UltraEdit", config="easyetcon_intrinsic.ultraedit:UltraEditConfig",

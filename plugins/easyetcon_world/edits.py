@@ -11,6 +11,10 @@ so that every multi-hop answer that starts with this fact changes too, where the
   follows from the *new* fact, as a plain cloze prompt (``"two-hop"``) and in the question-answer
   reasoning form (``"two-hop-reasoning"``: generate, then read ``<answer> ... </answer>``).
 
+* ``long_form``: with ``long_form=N``, ``target_new`` is the new object followed by ``N``
+  sentences the world states about it (:func:`long_form_target`), a many-token target for
+  editors of long-form knowledge; ``metadata["target_object"]`` is the object alone.
+
 Splits ``tune`` and ``test`` are disjoint by subject and fixed per world, whatever the edit seed.
 By default only person facts are edited (:func:`leaf_relations`). Edits of a city, country or
 company fact can be asked for with ``relations=``; their portability answers assume that edit
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from easyetcon.requests import EditRequest, Probe
 from easyetcon_world.errors import WorldConfigError
-from easyetcon_world.relations import RELATIONS, TWO_HOPS, qa_prompt
+from easyetcon_world.relations import RELATIONS, TWO_HOPS, qa_prompt, statement
 
 if TYPE_CHECKING:
     from easyetcon_world.world import Fact, World
@@ -92,6 +96,20 @@ def choose_target(
     return rng.choice(preferred or pool)
 
 
+def long_form_target(world: World, obj: str, sentences: int) -> str:
+    """``obj`` and a full stop, then up to ``sentences`` sentences the world states about it, in
+    canonical phrasing, breadth-first along its facts and their objects' facts:
+    ``"Pelmora. Pelmora is a city in Varnia. The official language of Varnia is Lorian."``.
+    Fewer where the chain ends sooner (a language has no facts)."""
+    parts, queue = [f"{obj}."], [obj]
+    while queue and len(parts) <= sentences:
+        subject = queue.pop(0)
+        for fact in world.facts_of(subject)[: sentences + 1 - len(parts)]:
+            parts.append(statement(fact.relation, 0, subject, fact.object))
+            queue.append(fact.object)
+    return " ".join(parts)
+
+
 def make_edit_requests(
     world: World,
     split: str = "test",
@@ -100,14 +118,19 @@ def make_edit_requests(
     *,
     relations: list[str] | None = None,
     other_subject_probes: int = 2,
+    long_form: int = 0,
 ) -> list[EditRequest]:
     """``n`` distinct counterfactual edits (all of the split's facts when ``n`` is None).
 
     ``relations`` limits the edited relations (default: the person facts, see :func:`leaf_relations`).
+    ``long_form`` > 0: each target is the new object and that many sentences about it
+    (:func:`long_form_target`); the same facts and objects as without.
 
     Deterministic from the world and ``seed``; at most one request per fact, so the set can be
     applied sequentially without two edits contradicting each other.
     """
+    if long_form < 0:
+        raise WorldConfigError(f"long_form={long_form}: give the number of sentences after the new object (0: the object alone)")
     candidates = editable_facts(world, split, relations)
     if n is not None and (n < 1 or n > len(candidates)):
         raise WorldConfigError(
@@ -179,11 +202,13 @@ def make_edit_requests(
             ],
             "old_multi_hop_answers": old_answers,
         }
+        if long_form:
+            metadata["target_object"] = target
         requests.append(
             EditRequest(
                 prompt=fact.prompt(0),
                 subject=fact.subject,
-                target_new=target,
+                target_new=long_form_target(world, target, long_form) if long_form else target,
                 ground_truth=fact.object,
                 rephrase_prompts=[fact.prompt(t) for t in fact.heldout_templates],
                 locality=same_subject + other_subject,

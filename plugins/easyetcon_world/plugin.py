@@ -35,6 +35,11 @@ class FactWorldDatasetConfig(BaseModel):
         description="relations to edit; default: the person facts (lives_in, born_in, works_for)",
     )
 
+    long_form: int = Field(
+        default=0, ge=0, le=8,
+        description="0: each target is the new object; N: the object and N sentences the world states about it",
+    )
+
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
@@ -58,7 +63,7 @@ def load_fact_world(config: FactWorldDatasetConfig) -> list[EditRequest]:
 
     world = build_world(config.preset, config.seed)
     return make_edit_requests(
-        world, config.split, config.n, config.edit_seed, relations=config.relations
+        world, config.split, config.n, config.edit_seed, relations=config.relations, long_form=config.long_form
     )
 
 

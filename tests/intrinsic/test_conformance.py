@@ -98,3 +98,14 @@ class TestNamet(EditorConformance):
         prompts are MEMIT's: checked with δ at the fact token."""
         self.options = {**self.options, "value": {**self.options["value"], "delta_position": "fact_token"}}
         super().test_asks_in_the_models_prompt_format()
+
+
+class TestAnyEdit(EditorConformance):
+    editor = "anyedit"
+    # the tiny targets are one token: one chunk each, which AnyEdit edits as its base editor does
+    options = {"chunks": {"size": 4}, "base": {"editor": "memit", **sectioned({**STRONG_VALUES, "layers": [0, 1], "covariance_weight": 1.0})}}
+    invalid_options = [
+        {"chunks": {"unit": "paragraph"}}, {"chunks": {"size": 0}}, {"base": {"editor": "rome"}},
+        {"base": {"editor": "memit", "key": {"fact_token": "subject_last"}}}, {"base": {"editor": "alphaedit", "l2": 0}},
+    ]
+    mode = "batch"

@@ -211,3 +211,24 @@ def test_world_commands_info_and_export(tmp_path):
     )
     bad = runner.invoke(cli, ["world", "info", "--preset", "gigantic"])
     assert bad.exit_code != 0 and "tiny" in bad.output
+
+
+def test_long_form_targets_state_the_new_object_then_what_the_world_says_about_it(world, requests):
+    from easyetcon_world.relations import statement
+
+    long = make_edit_requests(world, "test", n=120, seed=0, long_form=2)
+    assert [r.request_id for r in long] == [r.request_id for r in requests]  # the same facts, the same objects
+    for short, request in zip(requests, long):
+        obj = short.target_new
+        assert request.metadata["target_object"] == obj and request.ground_truth == short.ground_truth
+        assert request.target_new.startswith(f"{obj}. ")
+        # every sentence after the object is a fact of the world, the first about the object itself
+        sentences = [s.strip() + "." for s in request.target_new[len(obj) + 2 :].split(".") if s.strip()]
+        facts = {statement(f.relation, 0, f.subject, f.object) for f in world.facts}
+        assert len(sentences) == 2 and set(sentences) <= facts and sentences[0].startswith(obj)
+    assert "target_object" not in requests[0].metadata
+    with pytest.raises(WorldConfigError, match="long_form"):
+        make_edit_requests(world, "test", n=2, long_form=-1)
+    assert FactWorldDatasetConfig(long_form=3).long_form == 3
+    with pytest.raises(ValidationError):
+        FactWorldDatasetConfig(long_form=-1)
