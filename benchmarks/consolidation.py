@@ -68,6 +68,11 @@ GRPO_EVERY_10 = {**GRPO, "steps": 20, "schedule": {"every": 10, "scope": "since_
 # 0.788 / 0.603 / 0.870 (`--split tune --edits 165 --chains etcon+preserve`). The penalty holds TPSFT
 # back, so it gets more rounds of its trust region.
 PRESERVE_WEIGHT = 70.0
+# The same penalty with preserve.scale "outputs" (divided by tr(W C Wᵀ) instead of tr(C)/d): on the
+# shipped default model, layer 3, tr(W C Wᵀ)/(tr(C)/d) = 623.06 with the world statistics, so this λ is
+# λ 70 there and means the same relative output change on any other model (the wide model's layer 3:
+# 9057.6, where λ 70 on the keys' scale is 14.5 times as strong).
+PRESERVE_RELATIVE_WEIGHT = 70.0 * 623.06
 # preserve.budget (scale-free): the relative change of the outputs on ordinary text each stage may make
 BUDGET = 0.05
 LORA = {"editor": "lora-merge", "rank": 4, "steps": 60, "learning_rate": 3e-3, "stop_loss": 0.5, "layers": [-1],
@@ -86,6 +91,8 @@ def build_chains(tuned: dict, budget: float = BUDGET) -> dict[str, list[dict]]:
         return {"editor": name, **tuned.get(name, {}), **extra}
 
     held = {**FFN, "preserve": {"weight": PRESERVE_WEIGHT, "statistics": tuned["alphaedit"]["statistics"]}}
+    relative = {**FFN, "preserve": {"weight": PRESERVE_RELATIVE_WEIGHT, "scale": "outputs",
+                                    "statistics": tuned["alphaedit"]["statistics"]}}
     budgeted = {**FFN, "preserve": {"budget": budget, "statistics": tuned["alphaedit"]["statistics"]}}
     tpsft_held = {**TPSFT, "rounds": 60, "weights": held}
     grpo_held = {**GRPO, "learning_rate": 3e-4, "weights": held}
@@ -105,6 +112,7 @@ def build_chains(tuned: dict, budget: float = BUDGET) -> dict[str, list[dict]]:
         "tpsft+preserve": [tpsft_held],
         "etcon+preserve": [tpsft_held, grpo_held],
         "etcon-every10+preserve": [tpsft_held, {**GRPO_EVERY_10, "learning_rate": 3e-4, "weights": held}],
+        "etcon+preserve-relative": [{**TPSFT, "rounds": 60, "weights": relative}, {**GRPO, "learning_rate": 3e-4, "weights": relative}],
         "etcon+budget": [{**TPSFT, "weights": budgeted}, {**GRPO, "weights": budgeted}],
         "tpsft+budget": [{**TPSFT, "weights": budgeted}],
         "ft-m+grpo+preserve": [editor("ft-m"), grpo_held],
