@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -56,17 +55,16 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from easyetcon.artefacts import read_artefact, save_artefact
 from easyetcon.errors import ConfigError, RequestError
 from easyetcon.locate.layers import resolve_layers
 from easyetcon.locate.solve import add_to_weight
-from easyetcon.records import tensor_digest
 from easyetcon.text import IGNORE_INDEX, build_target_batch
 from easyetcon.training import masked_token_nll, trainable_only
 from easyetcon_intrinsic.ultraedit import keys_and_gradients
 
 ARTEFACT_FORMAT = "easyetcon-mend/1"
-DOCUMENT_KEY = "easyetcon.mend"
-CHECK_KEY = "easyetcon.mend.sha256"
+DOCUMENT_KEY = "easyetcon.mend"  # its checksum is at "easyetcon.mend.sha256"
 NETWORK_PARTS = ("mean", "std", "V", "b", "U", "scale", "shift")
 #: Where the hypernetwork comes from, for error messages.
 RETRAIN = "train one for this model with easyetcon_intrinsic.mend.train_mend(model, tune_requests).save(PATH)"
@@ -221,7 +219,7 @@ class MendHypernetwork:
         named.update({f"log_step.{name}": t for name, t in self.log_steps.items()})
         return {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in named.items()}
 
-    def document(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def document(self) -> dict[str, Any]:
         return {
             "format": ARTEFACT_FORMAT,
             "options": self.options.model_dump(mode="json"),
@@ -229,26 +227,12 @@ class MendHypernetwork:
             "shapes": {name: list(shape) for name, shape in self.shapes.items()},
             "model": self.identity,
             "training": self.training,
-            "tensors": {name: tensor_digest(t) for name, t in tensors.items()},
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the hypernetwork to ``path`` (safetensors; metadata and every tensor are checked
-        when read back by :func:`read_mend`). A temporary file is renamed into place."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = self.tensors()
-        text = json.dumps(self.document(tensors), sort_keys=True, separators=(",", ":"))
-        metadata = {DOCUMENT_KEY: text, CHECK_KEY: hashlib.sha256(text.encode()).hexdigest()}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(tensors, str(temporary), metadata=metadata)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        return path
+        """Write the hypernetwork to ``path`` (one verified safetensors file,
+        :func:`easyetcon.artefacts.save_artefact`; :func:`read_mend` checks it all on read)."""
+        return save_artefact(path, DOCUMENT_KEY, self.document(), self.tensors())
 
 
 def read_mend(path: str | Path, *, option: str = "hypernetwork") -> MendHypernetwork:
@@ -256,40 +240,15 @@ def read_mend(path: str | Path, *, option: str = "hypernetwork") -> MendHypernet
     checksum, each tensor against its digest and the shapes its sites imply. A
     :class:`~easyetcon.errors.ConfigError` naming the option and the file when it is missing,
     damaged or not a MEND hypernetwork."""
-    from safetensors import SafetensorError, safe_open
-
     where = f"mend: option {option!r}: {str(path)!r}"
-    if not Path(path).is_file():
-        raise ConfigError(f"{where} is not a file; {RETRAIN}")
+    document, tensors = read_artefact(path, DOCUMENT_KEY, ARTEFACT_FORMAT, where=where, what="a MEND hypernetwork", remedy=RETRAIN)
     try:
-        with safe_open(str(path), framework="pt") as stream:
-            metadata = stream.metadata() or {}
-            tensors = {name: stream.get_tensor(name) for name in stream.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ConfigError(f"{where} cannot be read as a safetensors file ({error}); {RETRAIN}") from error
-    text, check = metadata.get(DOCUMENT_KEY), metadata.get(CHECK_KEY)
-    if text is None:
-        raise ConfigError(f"{where} is not a MEND hypernetwork (no {DOCUMENT_KEY!r} metadata); {RETRAIN}")
-    if hashlib.sha256(text.encode()).hexdigest() != check:
-        raise ConfigError(f"{where} is damaged: its metadata does not match its checksum; {RETRAIN}")
-    try:
-        document = json.loads(text)
-        if not isinstance(document, dict) or document.get("format") != ARTEFACT_FORMAT:
-            found = document.get("format") if isinstance(document, dict) else None
-            raise ConfigError(f"{where} has format {found!r}, expected {ARTEFACT_FORMAT!r}; {RETRAIN}")
         options = MendOptions.model_validate(document["options"])
         sites = [(str(kind), int(layer)) for kind, layer in document["sites"]]
         shapes = {name: (int(shape[0]), int(shape[1])) for name, shape in document["shapes"].items()}
-        expected, identity = dict(document["tensors"]), dict(document["model"])
-    except ConfigError:
-        raise
-    except (ValueError, KeyError, TypeError) as error:  # not JSON, or fields missing or malformed
+        identity = dict(document["model"])
+    except (ValueError, KeyError, TypeError) as error:  # fields missing or malformed
         raise ConfigError(f"{where}: its metadata is not a MEND hypernetwork's ({error}); {RETRAIN}") from error
-    if set(tensors) != set(expected):
-        raise ConfigError(f"{where} holds tensors {sorted(tensors)}, expected {sorted(expected)}; {RETRAIN}")
-    damaged = [name for name in sorted(tensors) if tensor_digest(tensors[name]) != expected[name]]
-    if damaged:
-        raise ConfigError(f"{where} is damaged: tensor {damaged[0]!r} does not match its digest; {RETRAIN}")
     if sorted(shapes) != sorted(site_name(s) for s in sites):
         raise ConfigError(f"{where}: its sites {sites} and shapes {sorted(shapes)} disagree; the file is damaged; {RETRAIN}")
     networks: dict[str, dict[str, torch.Tensor]] = {}

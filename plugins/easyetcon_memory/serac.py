@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import weakref
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from easyetcon.errors import ConfigError
+from easyetcon.artefacts import read_artefact, save_artefact
 from easyetcon.records import MemoryStore, tensor_digest
 from easyetcon.requests import EditRequest
 from easyetcon_memory.retrieval import (
@@ -59,8 +59,7 @@ from easyetcon_memory.retrieval import (
 from easyetcon_memory.storage import StoreCache, require_entries
 
 CLASSIFIER_FORMAT = "easyetcon-serac-classifier/1"
-DOCUMENT_KEY = "easyetcon.serac"
-CHECK_KEY = "easyetcon.serac.sha256"
+DOCUMENT_KEY = "easyetcon.serac"  # its checksum is at "easyetcon.serac.sha256"
 #: Buckets of the TF-IDF encoder. Without IDF, so a vector never depends on what is in memory.
 TFIDF_DIM = 2**10
 WEIGHT_NAMES = ("hidden.weight", "hidden.bias", "out.weight", "out.bias")
@@ -152,61 +151,23 @@ class ScopeClassifier:
             "embedding_model": self.embedding_model,
             "embedding_model_id": self.embedding_model_id,
             "training": self.training,
-            "tensors": {name: tensor_digest(self.weights[name]) for name in WEIGHT_NAMES},
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the classifier to ``path`` (safetensors; its metadata and every tensor are
-        checked when read back). A temporary file is renamed into place."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        text = json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
-        metadata = {DOCUMENT_KEY: text, CHECK_KEY: hashlib.sha256(text.encode()).hexdigest()}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.weights.items()}, str(temporary), metadata=metadata)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        return path
+        """Write the classifier to ``path`` (one verified safetensors file,
+        :func:`easyetcon.artefacts.save_artefact`; every part is checked when read back)."""
+        return save_artefact(path, DOCUMENT_KEY, self.document(), self.weights)
 
 
 def read_serac_classifier(path: str | Path, *, device: str = "cpu") -> ScopeClassifier:
     """A classifier saved by :meth:`ScopeClassifier.save`, verified (its metadata against its
     checksum, each tensor against its digest); a :class:`~easyetcon.errors.ConfigError` naming
     the option ``classifier`` when the file is missing, damaged or not one."""
-    from safetensors import SafetensorError, safe_open
-
     where = f"serac: option 'classifier': {str(path)!r}"
     retrain = "train one with easyetcon_memory.train_serac_classifier(requests).save(PATH)"
-    if not Path(path).is_file():
-        raise ConfigError(f"{where} is not a file; {retrain}")
-    try:
-        with safe_open(str(path), framework="pt") as stream:
-            metadata = stream.metadata() or {}
-            tensors = {name: stream.get_tensor(name) for name in stream.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ConfigError(f"{where} cannot be read as a safetensors file ({error}); {retrain}") from error
-    text, check = metadata.get(DOCUMENT_KEY), metadata.get(CHECK_KEY)
-    if text is None:
-        raise ConfigError(f"{where} is not a serac scope classifier (no {DOCUMENT_KEY!r} metadata); {retrain}")
-    if hashlib.sha256(text.encode()).hexdigest() != check:
-        raise ConfigError(f"{where} is damaged: its metadata does not match its checksum; {retrain}")
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{where}: its metadata is not JSON ({error}); {retrain}") from error
-    if not isinstance(document, dict) or document.get("format") != CLASSIFIER_FORMAT:
-        document = document if isinstance(document, dict) else {}
-        raise ConfigError(f"{where} has format {document.get('format')!r}, expected {CLASSIFIER_FORMAT!r}; {retrain}")
-    expected = document.get("tensors", {})
-    if set(tensors) != set(WEIGHT_NAMES) or set(expected) != set(WEIGHT_NAMES):
+    document, tensors = read_artefact(path, DOCUMENT_KEY, CLASSIFIER_FORMAT, where=where, what="a serac scope classifier", remedy=retrain)
+    if set(tensors) != set(WEIGHT_NAMES):
         raise ConfigError(f"{where} holds tensors {sorted(tensors)}, expected {list(WEIGHT_NAMES)}; {retrain}")
-    damaged = [name for name in WEIGHT_NAMES if tensor_digest(tensors[name]) != expected[name]]
-    if damaged:
-        raise ConfigError(f"{where} is damaged: tensor {damaged[0]!r} does not match its digest; {retrain}")
     encoder, embedding_model = document.get("encoder"), document.get("embedding_model")
     if encoder not in ("sentence-transformers", "tfidf"):
         raise ConfigError(f"{where} names the unknown encoder {encoder!r}; {retrain}")
