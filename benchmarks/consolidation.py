@@ -275,14 +275,14 @@ def compare_worlds(args, names: list[str]) -> None:
             model = load_model(folder, registry=host.registry)
             timer.seconds.clear()
             started = time.perf_counter()
-            run_lifelong(model, EditChain(CHAINS[name], host=host), requests, schedule="end",
-                         baseline=baseline, protocols=("generation",), progress=True, report=False)
-            scored = evaluate_edits(model, requests, protocols=("generation",), baseline=baseline)
-            (key,) = scored.summary().keys() - set(scored.extras)
+            run = run_lifelong(model, EditChain(CHAINS[name], host=host), requests, schedule="end",
+                               baseline=baseline, protocols=("generation",), progress=True, report=False)
+            scored = run.final_evaluation  # the per-request scores behind run.final
+            (key,) = scored.protocols
             qa = evaluate_edits(model, qa_view(requests), protocols=("generation",)).summary()
             done[name] = {
                 "chain": CHAINS[name], "edits": len(requests), "split": args.split,
-                "final": {m: scored.summary()[key][m] for m in METRICS},
+                "final": {m: run.final[key][m] for m in METRICS},
                 "qa": {k: v for k, v in qa.items() if k.startswith("generation@")},
                 "per_request": {m: [r[key][m] for r in scored.per_request] for m in METRICS},
                 "request_ids": scored.request_ids,

@@ -98,6 +98,9 @@ class LifelongResult:
     out_dir: Path | None = None
     #: step name -> the weights it changed (a layer chosen by ``"trace"`` shows here)
     edited_weights: dict[str, list[str]] = field(default_factory=dict)
+    #: the per-request scores behind ``final`` (an ``EvaluationResult``), when this call scored
+    #: them; ``None`` when a finished run was only read back. Not part of the saved state.
+    final_evaluation: Any = field(default=None, repr=False)
 
     def note_edited_weights(self, records: Iterable[Any]) -> None:
         for record in records:
@@ -331,8 +334,9 @@ def run_lifelong(
 
     def retention_point(count: int) -> dict[str, Any]:
         subset = _retention_subset(requests, count, retention_sample)
-        summary = evaluate_edits(model, subset, baseline=baseline, fluency=fluency, progress=progress, **eval_options).summary()
-        return {"edits": count, **summary}
+        evaluation = evaluate_edits(model, subset, baseline=baseline, fluency=fluency, progress=progress, **eval_options)
+        result.final_evaluation = evaluation  # the last point scored is the final one
+        return {"edits": count, **evaluation.summary()}
 
     def save_state() -> None:
         if out is not None:

@@ -43,6 +43,8 @@ def test_every_n_measures_retention_on_everything_edited_so_far(fresh):
     assert len(result.seconds_per_edit) == 4 and all(s > 0 for s in result.seconds_per_edit)
     assert result.final == {k: v for k, v in result.curve[-1].items() if k != "edits"}
     assert result.final["teacher-forced@1"]["locality"] is not None  # baseline computed once up front
+    # the per-request scores behind the final point come with it (no second evaluation needed)
+    assert result.final_evaluation.summary() == result.final and len(result.final_evaluation.per_request) == 7
 
 
 def test_each_scores_every_application_right_after_it(fresh, tmp_path):
@@ -96,6 +98,7 @@ def test_an_interrupted_run_resumes_to_the_same_model(eval_host, fresh, tmp_path
     assert resumed_model.rewrite_prompts(["Berlin is"]) == straight.rewrite_prompts(["Berlin is"])
     assert [p["edits"] for p in resumed.curve] == [p["edits"] for p in expected.curve] == [2, 4, 6, 7]
     assert resumed.final == expected.final
+    assert resumed.final_evaluation.summary() == resumed.final
     assert len(resumed.seconds_per_edit) == 4
     assert (tmp_path / "run" / "results.md").exists() and (tmp_path / "run" / "retention.png").exists()
 
