@@ -180,8 +180,8 @@ def world_from_dataset(
     if limit is not None and limit < 1:
         raise WorldRecordError(f"limit must be at least 1, not {limit}")
     options = options or DatasetWorldOptions()
-    loaded = load_edit_dataset(path, format, registry=registry)
     dataset_format = format or _detected_format(path, registry)
+    loaded = load_edit_dataset(path, dataset_format, registry=registry)
 
     statements: dict[str, Statement] = {}  # prompt -> statement; a later contradiction is dropped
 
@@ -249,7 +249,8 @@ def _detected_format(path: Path, registry: Any) -> str | None:
     try:
         return detect_format(read_records(path), registry=registry)
     except DatasetFormatError:
-        return None  # no format plugin loaded: easyetcon's own request files
+        return None  # no format plugin loaded (the core reads its own request files), or none
+        # fits: load_edit_dataset then detects again and raises the error naming the records
 
 
 def _add_fillers(
