@@ -42,14 +42,10 @@ def output_change(before, after, model, layer, mom2):
     return float(torch.trace(delta @ mom2 @ delta.T))
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
-def test_the_hook_adds_the_penalty_gradient(host, architecture):
-    model = tiny_model(architecture, registry=host.registry)
-    layer, weight = 1, 3.0
-    selection = FfnSelection(layers=[layer], preserve={"weight": weight, "statistics": STATISTICS})
-    statistics, mom2 = key_moment(model, layer)
-    module = model.adapter.module(model.torch_model, "mlp_out", layer)
-    parameter = module.weight
+def hooked_gradient(model, selection, statistics, parameter):
+    """``(start, gradient)``: the weight moved by a small random change inside
+    :func:`preserving_outputs`, and the gradient the hook gives a zero loss there (the penalty's
+    alone). The weight stays changed."""
     start = parameter.detach().clone()
     change = torch.randn_like(parameter) * 0.01
     with preserving_outputs(model, selection, statistics):
@@ -58,7 +54,18 @@ def test_the_hook_adds_the_penalty_gradient(host, architecture):
         parameter.requires_grad_(True)
         parameter.grad = None
         (parameter * 0).sum().backward()
-        hooked = parameter.grad.clone()
+        return start, parameter.grad.clone()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_the_hook_adds_the_penalty_gradient(host, architecture):
+    model = tiny_model(architecture, registry=host.registry)
+    layer, weight = 1, 3.0
+    selection = FfnSelection(layers=[layer], preserve={"weight": weight, "statistics": STATISTICS})
+    statistics, mom2 = key_moment(model, layer)
+    module = model.adapter.module(model.torch_model, "mlp_out", layer)
+    parameter = module.weight
+    start, hooked = hooked_gradient(model, selection, statistics, parameter)
     # the same penalty written out and differentiated by autograd
     variable = parameter.detach().clone().double().requires_grad_(True)
     delta = variable - start.double()
@@ -75,12 +82,12 @@ def test_the_hook_adds_the_penalty_gradient(host, architecture):
         parameter.copy_(start)
 
 
-def preserved_and_edited(host, editor, options, preserve):
-    """Apply one step with or without ``preserve``; how much the outputs on the keys moved."""
-    model = tiny_model(registry=host.registry)
-    layer = 2
+def edited_once(host, editor, options, preserve, *, layer, architecture="llama"):
+    """Apply one ``editor`` step (``weights.preserve`` = ``preserve``, or none) to one request;
+    ``(model, weights before, C)`` of the held layer."""
+    model = tiny_model(architecture, registry=host.registry)
     _, mom2 = key_moment(model, layer)
-    weights = {"layers": [layer], **({"preserve": {"weight": preserve, "statistics": STATISTICS}} if preserve else {})}
+    weights = {"layers": [layer], **({"preserve": {**preserve, "statistics": STATISTICS}} if preserve else {})}
     chain = EditChain([(editor, {**options, "weights": weights})])
     if preserve:
         chain.steps[0].editor.statistics.use_texts(TEXTS)
@@ -88,6 +95,13 @@ def preserved_and_edited(host, editor, options, preserve):
     requests = [r.model_copy(update={"metadata": {"qa_prompts": [f"Question: {r.prompt}? Answer:"]}})
                 for r in tiny_requests()[:1]]
     chain.apply(model, requests)
+    return model, before, mom2
+
+
+def preserved_and_edited(host, editor, options, preserve):
+    """Apply one step with or without ``preserve``; how much the outputs on the keys moved."""
+    layer = 2
+    model, before, mom2 = edited_once(host, editor, options, {"weight": preserve} if preserve else None, layer=layer)
     return output_change(before, model.torch_model.state_dict(), model, layer, mom2)
 
 
@@ -119,17 +133,9 @@ def test_preserve_weight_must_be_positive(host):
 
 def relative_output_change(host, editor, options, budget, architecture="llama"):
     """One step with ``preserve.budget`` (or none): sqrt(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ)) on the keys."""
-    model = tiny_model(architecture, registry=host.registry)
     layer = 1
-    _, mom2 = key_moment(model, layer)
-    preserve = {"preserve": {"budget": budget, "statistics": STATISTICS}} if budget else {}
-    chain = EditChain([(editor, {**options, "weights": {"layers": [layer], **preserve}})])
-    if budget:
-        chain.steps[0].editor.statistics.use_texts(TEXTS)
-    before = {k: v.detach().clone() for k, v in model.torch_model.state_dict().items()}
-    requests = [r.model_copy(update={"metadata": {"qa_prompts": [f"Question: {r.prompt}? Answer:"]}})
-                for r in tiny_requests()[:1]]
-    chain.apply(model, requests)
+    model, before, mom2 = edited_once(host, editor, options, {"budget": budget} if budget else None,
+                                      layer=layer, architecture=architecture)
     module = model.adapter.module(model.torch_model, "mlp_out", layer)
     start = before[model.adapter.weight_name("mlp_out", layer)].double()
     start = start.T if model.adapter.is_transposed(module) else start
@@ -166,23 +172,14 @@ def test_preserve_needs_a_weight_or_a_budget(host):
 
 
 def test_scale_outputs_divides_the_penalty_by_the_outputs_energy(host):
-    """With ``scale: outputs`` the hook's gradient is that of λ·tr(ΔW C ΔWᵀ)/tr(W C Wᵀ): the same
-    relative change costs the same whatever the weights' size (scaling W by 10 leaves the
-    gradient per relative change unchanged)."""
+    """With ``scale: outputs`` the hook's gradient is that of λ·tr(ΔW C ΔWᵀ)/tr(W C Wᵀ), the
+    penalty on the squared relative change of the outputs."""
     model = tiny_model(registry=host.registry)
     layer, weight = 1, 3.0
     selection = FfnSelection(layers=[layer], preserve={"weight": weight, "scale": "outputs", "statistics": STATISTICS})
     statistics, mom2 = key_moment(model, layer)
     parameter = model.adapter.module(model.torch_model, "mlp_out", layer).weight
-    start = parameter.detach().clone()
-    change = torch.randn_like(parameter) * 0.01
-    with preserving_outputs(model, selection, statistics):
-        with torch.no_grad():
-            parameter.add_(change)
-        parameter.requires_grad_(True)
-        parameter.grad = None
-        (parameter * 0).sum().backward()
-        hooked = parameter.grad.clone()
+    start, hooked = hooked_gradient(model, selection, statistics, parameter)
     variable = parameter.detach().clone().double().requires_grad_(True)
     delta, w0 = variable - start.double(), start.double()
     (weight * torch.trace(delta @ mom2 @ delta.T) / torch.trace(w0 @ mom2 @ w0.T)).backward()
