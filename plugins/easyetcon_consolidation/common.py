@@ -143,12 +143,16 @@ def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerSta
             scaled = mom2 * (mom2.shape[0] / torch.trace(mom2).clamp(min=1e-12))
             start = parameter.detach().clone()
             transposed = model.adapter.is_transposed(module)
+            # tr(W C Wᵀ) at the start, in C's scaled units (ratios to it are the same in any units)
+            needs_energy = preserve.scale == "outputs" or preserve.budget is not None
+            energy = float(output_energy(start.float(), scaled, transposed)) if needs_energy else None
             if preserve.weight is not None:
                 strength = 2.0 * preserve.weight
-                if preserve.scale == "outputs":  # λ·tr(ΔW C ΔWᵀ)/tr(W C Wᵀ): the ratio is the same in C's scaled units
-                    strength /= max(float(output_energy(start.float(), scaled, transposed)), 1e-30)
+                if preserve.scale == "outputs":  # λ·tr(ΔW C ΔWᵀ)/tr(W C Wᵀ)
+                    strength /= max(energy, 1e-30)
 
-                def add_penalty(grad: torch.Tensor, parameter=parameter, start=start, scaled=scaled, transposed=transposed):
+                def add_penalty(grad: torch.Tensor, parameter=parameter, start=start, scaled=scaled, transposed=transposed,
+                                strength=strength):
                     change = (parameter.detach() - start).float()
                     # (out, in) weights: ΔW C; GPT-2's Conv1D stores (in, out): C ΔW
                     penalty = scaled @ change if transposed else change @ scaled
@@ -156,7 +160,7 @@ def preserving_outputs(model: Any, selection: FfnSelection, statistics: LayerSta
 
                 handles.append(parameter.register_hook(add_penalty))
             if preserve.budget is not None:
-                limit = preserve.budget**2 * float(output_energy(start.float(), scaled, transposed))
+                limit = preserve.budget**2 * energy
                 keepers.append(_BudgetKeeper(parameter, start, scaled, transposed, limit))
                 handles.append(module.register_forward_pre_hook(keepers[-1]))
         yield

@@ -186,3 +186,33 @@ def test_scale_outputs_divides_the_penalty_by_the_outputs_energy(host):
     assert (hooked.double() - variable.grad).abs().max() < 1e-5 * variable.grad.abs().max()
     with torch.no_grad():
         parameter.copy_(start)
+
+
+def test_scale_outputs_uses_each_layers_own_energy(host):
+    """Two held layers: each weight's penalty is divided by its own tr(W C Wᵀ), not the last one's."""
+    model = tiny_model(registry=host.registry)
+    layers, weight = [0, 1], 3.0
+    selection = FfnSelection(layers=layers, preserve={"weight": weight, "scale": "outputs", "statistics": STATISTICS})
+    statistics = preservation_statistics(selection)
+    statistics.use_texts(TEXTS)
+    moments = statistics.get(model, layers)
+    parameters = [model.adapter.module(model.torch_model, "mlp_out", layer).weight for layer in layers]
+    starts = [p.detach().clone() for p in parameters]
+    with preserving_outputs(model, selection, statistics):
+        with torch.no_grad():
+            for p in parameters:
+                p.add_(torch.randn_like(p) * 0.01)
+        for p in parameters:
+            p.requires_grad_(True)
+            p.grad = None
+        sum((p * 0).sum() for p in parameters).backward()
+        hooked = [p.grad.clone() for p in parameters]
+    for layer, parameter, start, gradient in zip(layers, parameters, starts, hooked):
+        mom2 = moments[layer].mom2.double()
+        variable = parameter.detach().clone().double().requires_grad_(True)
+        delta, w0 = variable - start.double(), start.double()
+        (weight * torch.trace(delta @ mom2 @ delta.T) / torch.trace(w0 @ mom2 @ w0.T)).backward()
+        assert (gradient.double() - variable.grad).abs().max() < 1e-5 * variable.grad.abs().max(), layer
+    with torch.no_grad():
+        for parameter, start in zip(parameters, starts):
+            parameter.copy_(start)
