@@ -18,8 +18,10 @@ it, so the model never learns the counterfactual itself.
 
 from __future__ import annotations
 
+import bisect
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -173,6 +175,32 @@ def dataset_documents(world: DatasetWorld, epoch: int, seed: int = 0) -> list[st
     return documents
 
 
+def choice_skipping(rng: random.Random, items: Sequence, skip: int | None) -> Any:
+    """``rng.choice`` over ``items`` without the item at index ``skip`` (``None``: none left out),
+    drawing exactly as ``rng.choice`` on that shorter list would, without building it: the per-fact
+    draws of a dataset world stay O(1) for any number of records. ``None`` when nothing is left."""
+    count = len(items) - (skip is not None)
+    if count <= 0:
+        return None
+    index = rng.randrange(count)  # what rng.choice draws for a list of ``count`` items
+    return items[index + 1 if skip is not None and index >= skip else index]
+
+
+def other_answer(rng: random.Random, answers: Sequence[str], answer: str) -> str | None:
+    """A uniform draw from the sorted distinct ``answers`` other than ``answer``."""
+    position = bisect.bisect_left(answers, answer)
+    present = position < len(answers) and answers[position] == answer
+    return choice_skipping(rng, answers, position if present else None)
+
+
+def answers_by_relation(facts: Sequence[Any]) -> tuple[dict[str | None, list[str]], list[str]]:
+    """Sorted distinct answers of each relation's facts, and of all facts: what ``o'`` is drawn from."""
+    found: dict[str | None, set[str]] = {}
+    for fact in facts:
+        found.setdefault(fact.relation, set()).add(fact.answer)
+    return {relation: sorted(a) for relation, a in found.items()}, sorted({fact.answer for fact in facts})
+
+
 def dataset_context_documents(world: DatasetWorld, epoch: int, config: CorpusConfig, seed: int = 0) -> list[tuple[str, str]]:
     """The in-context updates of a from-dataset world, like :func:`context_documents`: for a
     ``config.context_updates`` share of the records' facts, another answer ``o'`` of the same
@@ -182,21 +210,18 @@ def dataset_context_documents(world: DatasetWorld, epoch: int, config: CorpusCon
     rng = random.Random(f"easyetcon-context:{seed}:{epoch}")
     facts = [s for s in world.statements if s.taught and s.role == "prompt"]
     questions = {s.record: s for s in world.statements if s.taught and s.role == "question"}
-    answers: dict[str | None, list[str]] = {}
+    answers, everything = answers_by_relation(facts)
     relatives: dict[str | None, list] = {}
     for fact in facts:
-        answers.setdefault(fact.relation, []).append(fact.answer)
         relatives.setdefault(fact.relation, []).append(fact)
-    everything = sorted({fact.answer for fact in facts})
     documents = []
     for fact in facts:
         if rng.random() >= config.context_updates:
             continue
         pool = answers.get(fact.relation) if fact.relation is not None else None
-        choices = sorted({a for a in (pool if pool and len(set(pool)) > 1 else everything) if a != fact.answer})
-        if not choices:
+        stated = other_answer(rng, pool if pool and len(pool) > 1 else everything, fact.answer)
+        if stated is None:
             continue
-        stated = rng.choice(choices)
 
         def ask(answer: str) -> str:
             question = questions.get(fact.record)

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from easyetcon.text import pad_id_of, pad_rows
-from easyetcon_world.corpus import objects_by_relation, reasoning_chain
+from easyetcon_world.corpus import (
+    answers_by_relation,
+    choice_skipping,
+    objects_by_relation,
+    other_answer,
+    reasoning_chain,
+)
 from easyetcon_world.edits import leaf_relations
 from easyetcon_world.relations import (
     RELATIONS,
@@ -288,10 +294,14 @@ def measure_dataset_in_context(model, tokenizer, world: DatasetWorld, sample: in
     if sample is not None and sample < len(facts):
         facts = rng.sample(facts, sample)
     every = [s for s in world.statements if s.taught and s.role == "prompt"]
-    answers: dict[str | None, set[str]] = {}
+    answers, everything = answers_by_relation(every)
+    # the other records of each relation (all records where the dataset names none), and where
+    # each fact sits among them, so the other record is drawn in O(1) (prompts are unique)
+    groups: dict[str | None, list] = {None: every}
     for fact in every:
-        answers.setdefault(fact.relation, set()).add(fact.answer)
-    everything = {fact.answer for fact in every}
+        if fact.relation is not None:
+            groups.setdefault(fact.relation, []).append(fact)
+    places = {(relation, f.prompt): i for relation, group in groups.items() for i, f in enumerate(group)}
     paraphrases: dict[int, list[str]] = {}
     for s in world.statements:
         if s.role == "rephrase" and not s.taught:
@@ -299,18 +309,17 @@ def measure_dataset_in_context(model, tokenizer, world: DatasetWorld, sample: in
     rows: dict[str, tuple[list[str], list[str]]] = {"override": ([], []), "override_heldout": ([], []), "ignored": ([], [])}
     for fact in facts:
         pool = answers.get(fact.relation) if fact.relation is not None else None
-        choices = sorted((pool if pool and len(pool) > 1 else everything) - {fact.answer})
-        if not choices:
+        stated = other_answer(rng, pool if pool and len(pool) > 1 else everything, fact.answer)
+        if stated is None:
             continue
-        stated = rng.choice(choices)
         context = f"{fact.prompt} {stated}."
         rows["override"][0].append(f"{context} {fact.prompt}")
         rows["override"][1].append(stated)
         if paraphrases.get(fact.record):
             rows["override_heldout"][0].append(f"{context} {rng.choice(paraphrases[fact.record])}")
             rows["override_heldout"][1].append(stated)
-        relatives = [f for f in every if f.prompt != fact.prompt and (fact.relation is None or f.relation == fact.relation)]
-        other = rng.choice(relatives or [f for f in every if f.prompt != fact.prompt] or [fact])
+        relation = fact.relation if len(groups.get(fact.relation, ())) > 1 else None
+        other = choice_skipping(rng, groups[relation], places[(relation, fact.prompt)]) or fact
         rows["ignored"][0].append(f"{other.prompt} {stated}. {fact.prompt}")
         rows["ignored"][1].append(fact.answer)
     return {name: cloze_accuracy(model, tokenizer, prompts, answers)["greedy"] for name, (prompts, answers) in rows.items()} | {
