@@ -201,7 +201,13 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     from easyetcon.model import load_model
     from easyetcon.spec import load_chain_spec
 
-    from easyetcon.distributed import is_main_process, process_count, replica_device_map, require_same_weights
+    from easyetcon.distributed import (
+        is_main_process,
+        process_count,
+        release_processes,
+        replica_device_map,
+        require_same_weights,
+    )
     from easyetcon.files import locked_folder, remove_abandoned_staging, staging_folder
     from easyetcon.journal import Journal
     from easyetcon.requests import require_unique_ids
@@ -222,6 +228,7 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
         model = load_model(model_source, dtype=dtype or spec.dtype, device_map=device_map, prompt_format=prompt_format_of(spec, context))
         result = chain.apply(model, requests, mode=mode or spec.mode, batch_size=batch_size or spec.batch_size, release_tensors=True)
         require_same_weights(result)
+        release_processes()  # its last collective: the main process only saves from here on
         return
     try:
         with locked_folder(out):
@@ -258,6 +265,7 @@ def edit(model_name, chain_path, data_path, data_format, data_option, limit, out
     timing = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.seconds_by_step().items())
     console.print(f"applied {len(result.records)} step(s) to {len(requests)} request(s) ({timing})")
     if process_count() > 1:
+        release_processes()
         console.print(f"all {process_count()} processes ended with the same weights")
     console.print(f"saved edited model to {out / 'model'} and journal to {out / 'journal'}")
 

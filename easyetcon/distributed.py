@@ -92,6 +92,19 @@ def require_same_weights(result: Any) -> None:
         )
 
 
+def release_processes() -> None:
+    """End this process's part of a launch of several processes (its process group), once it
+    needs no collective any more. Without it the group is torn down at interpreter exit, where a
+    process that finishes first (the replicas, while the main process still saves) can abort.
+    With one process, or no group set up, it does nothing."""
+    if process_count() == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _gather(value: Any) -> list[Any]:
     """``value`` of every process, by rank."""
     import torch.distributed as dist
